@@ -1,0 +1,390 @@
+"""Training data: image/label pairs from files, folders or arrays; validation split; patch sampling.
+
+A :class:`Sample` holds one image as channel-first pixels ``(C, *spatial)`` in its file's dtype (not
+copied to float, so large stacks can stay memory-mapped) and its labels ``(*spatial)`` as int32 with
+:data:`engine.losses.IGNORE_INDEX` (-1) where nothing is annotated (mask = 0, the ``ignore_label``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import xarray as xr
+
+from .axes import as_image, channel_first, spacing_of, spatial_dims
+from .errors import InputError
+from .losses import IGNORE_INDEX
+
+_FG_SAMPLES = 20_000  # foreground coordinates kept per image for oversampling
+
+
+@dataclass
+class Sample:
+    """One training image with its labels (and where they come from)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str
+    spacing: dict[str, float] = field(default_factory=dict)
+    dims: tuple[str, ...] = ()
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.labels.shape)
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _to_image(data: np.ndarray | xr.DataArray, axes: str | None) -> xr.DataArray:
+    if isinstance(data, xr.DataArray) and axes is None:
+        return as_image(data)
+    return as_image(data, axes)
+
+
+def _labels_like(data: np.ndarray | xr.DataArray, image: xr.DataArray, what: str) -> np.ndarray:
+    """Labels as plain ``(*spatial)`` array aligned with ``image``'s spatial dims."""
+    if isinstance(data, xr.DataArray):
+        extra = [d for d in data.dims if d not in spatial_dims(image)]
+        squeezable = [d for d in extra if data.sizes[d] == 1]
+        if len(extra) != len(squeezable):
+            raise InputError(
+                f"{what} dims {tuple(data.dims)} do not match the image's spatial dims {spatial_dims(image)}"
+            )
+        data = data.squeeze(squeezable).transpose(*spatial_dims(image)).values
+    arr = np.asarray(data)
+    expected = tuple(image.sizes[d] for d in spatial_dims(image))
+    if arr.shape != expected:
+        arr = np.squeeze(arr) if np.squeeze(arr).shape == expected else arr
+    if arr.shape != expected:
+        raise InputError(
+            f"{what} shape {arr.shape} does not match the image's spatial shape {expected} "
+            f"(image dims {tuple(image.dims)})"
+        )
+    return arr
+
+
+def prepare_labels(
+    labels: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    ignore_label: int | None = None,
+    name: str = "labels",
+) -> np.ndarray:
+    """Validate integer labels and return int32 with -1 where not annotated."""
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
+            raise InputError(f"{name} must hold integer class values, got dtype {labels.dtype} with fractions")
+    out = np.asarray(labels).astype(np.int32)
+    lowest = int(out.min(initial=0))
+    if lowest < 0:
+        raise InputError(f"{name} has negative values (min {lowest}); labels must be >= 0")
+    if ignore_label is not None:
+        out[out == int(ignore_label)] = IGNORE_INDEX
+    if mask is not None:
+        if mask.shape != out.shape:
+            raise InputError(f"mask shape {mask.shape} does not match {name} shape {out.shape}")
+        out[np.asarray(mask) == 0] = IGNORE_INDEX
+    return out
+
+
+def make_sample(
+    image: np.ndarray | xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    *,
+    mask: np.ndarray | xr.DataArray | None = None,
+    axes: str | None = None,
+    ignore_label: int | None = None,
+    name: str = "image",
+) -> Sample:
+    """Build a validated :class:`Sample` from an image and its labels (numpy needs ``axes``)."""
+    img = _to_image(image, axes)
+    if "t" in img.dims:
+        raise InputError(
+            f"training image {name!r} has a time axis (dims {tuple(img.dims)}); split time points "
+            "into separate images"
+        )
+    lab = _labels_like(labels, img, f"labels of {name!r}")
+    msk = _labels_like(mask, img, f"mask of {name!r}") if mask is not None else None
+    pixels = channel_first(img)
+    check_finite(pixels, name)
+    return Sample(
+        image=pixels,
+        labels=prepare_labels(lab, mask=msk, ignore_label=ignore_label, name=f"labels of {name!r}"),
+        name=name,
+        spacing=spacing_of(img),
+        dims=spatial_dims(img),
+    )
+
+
+def check_finite(pixels: np.ndarray, name: str) -> None:
+    """Raise InputError if a float image holds NaN or infinity (checked plane by plane)."""
+    if not np.issubdtype(pixels.dtype, np.floating):
+        return
+    for index in range(pixels.shape[0]):
+        plane = pixels[index]
+        if not np.isfinite(plane).all():
+            bad = int(np.size(plane) - np.isfinite(plane).sum())
+            raise InputError(f"image {name!r} contains {bad} NaN or infinite values in channel {index}")
+
+
+def _resolve_inputs(images: str | Path, labels: str | Path | None, masks: str | Path | None):
+    from .io import list_images
+
+    images = Path(images)
+    if not images.exists():
+        raise FileNotFoundError(f"training images {str(images)!r} do not exist")
+    if labels is None:
+        layout = images / "Images"
+        if images.is_dir() and layout.is_dir() and (images / "Labels").is_dir():
+            images, labels = layout, images / "Labels"
+            masks = masks or ((images.parent / "Masks") if (images.parent / "Masks").is_dir() else None)
+        else:
+            raise InputError(
+                f"no labels given for {str(images)!r}: pass labels, or a training folder holding "
+                "Images/ and Labels/ (and optionally Masks/), as DeepMIB uses"
+            )
+    labels = Path(labels)
+    if not labels.exists():
+        raise FileNotFoundError(f"training labels {str(labels)!r} do not exist")
+
+    def files(path: Path, what: str) -> list[Path]:
+        found = list_images(path) if path.is_dir() else [path]
+        if not found:
+            raise InputError(f"{what} folder {str(path)!r} holds no image files (TIFF, PNG, ...)")
+        return found
+
+    image_files, label_files = files(images, "images"), files(labels, "labels")
+    if len(image_files) != len(label_files):
+        raise InputError(
+            f"{len(image_files)} images in {str(images)!r} but {len(label_files)} label images in "
+            f"{str(labels)!r}: every image needs one label image (paired by sorted file name)"
+        )
+    mask_files: list[Path | None] = [None] * len(image_files)
+    if masks is not None:
+        mask_files = list(files(Path(masks), "masks"))
+        if len(mask_files) != len(image_files):
+            raise InputError(f"{len(mask_files)} masks for {len(image_files)} images in {str(masks)!r}")
+    return list(zip(image_files, label_files, mask_files))
+
+
+def load_samples(
+    images: str | Path,
+    labels: str | Path | None = None,
+    masks: str | Path | None = None,
+    *,
+    axes: str | None = None,
+    ignore_label: int | None = None,
+) -> list[Sample]:
+    """Load image/label pairs from files or folders (paired by sorted name)."""
+    from .io import read_image
+
+    samples = []
+    for image_file, label_file, mask_file in _resolve_inputs(images, labels, masks):
+        image = read_image(image_file, axes=axes)
+        label = read_image(label_file)
+        mask = read_image(mask_file) if mask_file is not None else None
+        samples.append(
+            make_sample(image, label, mask=mask, ignore_label=ignore_label, name=Path(image_file).name)
+        )
+    if not samples:
+        raise InputError(f"no training images found in {str(images)!r}")
+    return samples
+
+
+def samples_from_arrays(
+    images: Sequence[np.ndarray | xr.DataArray],
+    labels: Sequence[np.ndarray | xr.DataArray],
+    masks: Sequence[np.ndarray | xr.DataArray | None] | None = None,
+    *,
+    axes: str | None = None,
+    ignore_label: int | None = None,
+) -> list[Sample]:
+    """Build samples from in-memory images (DataArrays, or numpy with ``axes``)."""
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} images but {len(labels)} label images")
+    if len(images) == 0:
+        raise InputError("the training set is empty: give at least one image with labels")
+    masks = list(masks) if masks is not None else [None] * len(images)
+    return [
+        make_sample(img, lab, mask=msk, axes=axes, ignore_label=ignore_label,
+                    name=str(getattr(img, "name", None) or f"image{i}"))
+        for i, (img, lab, msk) in enumerate(zip(images, labels, masks))
+    ]
+
+
+# ------------------------------------------------------------------------------------- validation
+def check_classes(samples: Sequence[Sample], classes: int | None) -> int:
+    """Return the class count (inferred as max label + 1 when ``classes`` is None) after checking labels."""
+    highest = max(int(s.labels.max(initial=IGNORE_INDEX)) for s in samples)
+    if highest < 0:
+        raise InputError("the labels contain no annotated voxel (all are unlabelled/ignored)")
+    if classes is None:
+        return max(2, highest + 1)
+    for s in samples:
+        top = int(s.labels.max(initial=IGNORE_INDEX))
+        if top >= classes:
+            raise InputError(
+                f"labels of {s.name!r} contain value {top} but classes={classes}: "
+                f"expected values 0..{classes - 1} (or raise classes to {top + 1})"
+            )
+    return int(classes)
+
+
+def split_validation(
+    samples: Sequence[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Split into training and validation samples.
+
+    With several images, whole images are held out (random, seeded; at least one on each side).
+    With one image, a block at the end of its longest in-plane axis is held out, so that training
+    and validation voxels never touch.
+    """
+    samples = list(samples)
+    if fraction <= 0 or not samples:
+        return samples, []
+    if len(samples) >= 2:
+        order = np.random.default_rng(seed).permutation(len(samples))
+        n_val = min(len(samples) - 1, max(1, int(round(len(samples) * fraction))))
+        val = sorted(order[:n_val].tolist())
+        return [s for i, s in enumerate(samples) if i not in val], [samples[i] for i in val]
+    (only,) = samples
+    shape = only.spatial_shape
+    axis = len(shape) - 2 + int(np.argmax(shape[-2:]))
+    cut = int(round(shape[axis] * (1 - fraction)))
+    if cut < 1 or cut >= shape[axis]:
+        return samples, []
+
+    def part(sl: slice, suffix: str) -> Sample:
+        index = (slice(None),) * axis + (sl,)
+        return Sample(only.image[(slice(None),) + index], only.labels[index], only.name + suffix,
+                      only.spacing, only.dims)
+
+    return [part(slice(0, cut), "[train]")], [part(slice(cut, None), "[validation]")]
+
+
+# --------------------------------------------------------------------------------------- sampling
+class PatchSampler:
+    """Random patches ``(C*z_context, *patch)`` with labels ``(*patch)`` from a list of samples.
+
+    ``patch`` has one entry per network spatial dim. A 2D network trained on 3D stacks samples
+    2D patches from random planes (with ``z_context`` neighbouring planes stacked as channels for
+    2.5D networks). With probability ``foreground`` a patch is centred on a random foreground voxel
+    (label > 0); otherwise on a random annotated voxel when annotations are sparse, or anywhere.
+    Patches reaching beyond the image are padded (mirrored image, unlabelled labels).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        patch: Sequence[int],
+        *,
+        foreground: float = 0.33,
+        z_context: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.samples = list(samples)
+        if not self.samples:
+            raise InputError("the training set is empty: give at least one image with labels")
+        self.patch = tuple(int(p) for p in patch)
+        self.foreground = float(foreground)
+        self.z_context = int(z_context)
+        rank = {len(s.spatial_shape) for s in self.samples}
+        for s in self.samples:
+            if len(s.spatial_shape) < len(self.patch):
+                raise InputError(
+                    f"image {s.name!r} is {len(s.spatial_shape)}D (dims {s.dims}) but the network "
+                    f"needs {len(self.patch)}D patches {self.patch}: use a 2D network or a 3D stack"
+                )
+            if len(s.spatial_shape) - len(self.patch) > 1:
+                raise InputError(f"image {s.name!r} shape {s.spatial_shape} cannot give patches {self.patch}")
+        if self.z_context > 1 and (len(self.patch) != 2 or 2 in rank):
+            raise InputError(f"z_context={self.z_context} needs 3D stacks and a 2D network (rank {rank})")
+        rng = np.random.default_rng(seed)
+        self._fg = [self._coords(s.labels > 0, rng) for s in self.samples]
+        self._annotated = [
+            self._coords(s.labels >= 0, rng) if (s.labels < 0).mean() > 0.5 else None for s in self.samples
+        ]
+        sizes = np.array([np.prod(s.spatial_shape) for s in self.samples], dtype=np.float64)
+        self._weights = sizes / sizes.sum()
+
+    @staticmethod
+    def _coords(where: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        coords = np.argwhere(where)
+        if len(coords) == 0:
+            return None
+        if len(coords) > _FG_SAMPLES:
+            coords = coords[rng.choice(len(coords), _FG_SAMPLES, replace=False)]
+        return coords
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One patch: ``(image (C', *patch) in the file dtype, labels (*patch) int32)``."""
+        index = int(rng.choice(len(self.samples), p=self._weights))
+        s = self.samples[index]
+        shape = s.spatial_shape
+        centre = None
+        if self._fg[index] is not None and rng.random() < self.foreground:
+            centre = self._fg[index][rng.integers(len(self._fg[index]))]
+        elif self._annotated[index] is not None:
+            centre = self._annotated[index][rng.integers(len(self._annotated[index]))]
+        if centre is None:
+            centre = np.array([rng.integers(0, n) for n in shape])
+        window = self.patch if len(shape) == len(self.patch) else (1,) + self.patch
+        starts = [int(c) - w // 2 + int(rng.integers(-(w // 4), w // 4 + 1)) for c, w in zip(centre, window)]
+        starts = [min(max(st, min(0, n - w)), max(0, n - w)) for st, n, w in zip(starts, shape, window)]
+        image = crop_padded(s.image, starts, window, channel_axis=True)
+        labels = crop_padded(s.labels, starts, window, channel_axis=False)
+        if len(shape) != len(self.patch):
+            labels = labels[0]
+            if self.z_context > 1:
+                image = z_context_stack(s.image, starts[0], self.z_context, starts[1:], self.patch)
+            else:
+                image = image[:, 0]
+        return image, labels
+
+
+def crop_padded(array: np.ndarray, starts: Sequence[int], size: Sequence[int], *, channel_axis: bool) -> np.ndarray:
+    """Crop ``size`` at ``starts`` from ``array`` (spatial axes after an optional channel axis);
+    parts outside are mirrored (images) or set to IGNORE_INDEX (labels)."""
+    lead = 1 if channel_axis else 0
+    shape = array.shape[lead:]
+    inside = tuple(slice(max(0, st), min(n, st + w)) for st, n, w in zip(starts, shape, size))
+    crop = np.asarray(array[(slice(None),) * lead + inside])
+    before = [max(0, -st) for st in starts]
+    after = [max(0, st + w - n) for st, n, w in zip(starts, shape, size)]
+    if not any(before) and not any(after):
+        return crop
+    pad = [(0, 0)] * lead + list(zip(before, after))
+    if not channel_axis:
+        return np.pad(crop, pad, mode="constant", constant_values=IGNORE_INDEX)
+    mode = "reflect" if all(b < n and a < n for b, a, n in zip(before, after, crop.shape[lead:])) else "symmetric"
+    while True:
+        try:
+            return np.pad(crop, pad, mode=mode)
+        except ValueError:
+            if mode == "edge":
+                raise
+            mode = "edge"
+
+
+def z_context_stack(
+    image: np.ndarray, z: int, z_context: int, starts: Sequence[int] = (0, 0), size: Sequence[int] | None = None
+) -> np.ndarray:
+    """Planes ``z - k .. z + k`` (k = z_context // 2, mirrored at the stack ends) of a ``(C, Z, Y, X)``
+    image as channels ``(C * z_context, *size)``, ordered plane-major (all channels of the first plane,
+    then the next)."""
+    depth = image.shape[1]
+    half = z_context // 2
+    planes = [_mirror_index(z + dz, depth) for dz in range(-half, half + 1)]
+    size = tuple(size) if size is not None else tuple(image.shape[2:])
+    crops = [crop_padded(image[:, p], starts, size, channel_axis=True) for p in planes]
+    return np.concatenate(crops, axis=0)
+
+
+def _mirror_index(index: int, size: int) -> int:
+    if size == 1:
+        return 0
+    period = 2 * (size - 1)
+    index = abs(index) % period
+    return period - index if index >= size else index
