@@ -187,6 +187,8 @@ def _write_history(directory: Path, history: list[dict[str, Any]]) -> None:
 
 # ------------------------------------------------------------------------------------------- train
 def _load_training_samples(config: TrainConfig, images, labels, masks) -> list[Sample]:
+    if isinstance(images, (str, Path)):
+        return load_samples(images, labels, masks, axes=config.axes, ignore_label=config.ignore_label)
     if images is not None:
         if labels is None:
             raise InputError("images were given as arrays but labels were not")
@@ -273,6 +275,8 @@ def train(
     if len(channels) != 1:
         raise InputError(f"training images have different channel counts {sorted(channels)}: {[s.name for s in samples]}")
     classes = check_classes(samples, config.classes)
+    torch.manual_seed(config.seed)  # before building: weight initialisation must be reproducible
+    random.seed(config.seed)
     network = build(config.network, in_channels=channels.pop(), classes=classes, **config.network_options)
     z_context = int(getattr(network, "z_context", 1))
     patch = network.valid_input_shape(config.patch_size(network.spatial_dims))
@@ -297,8 +301,6 @@ def train(
     loss_fn = SegmentationLoss(config.loss, classes=classes, weights=weights,
                                exclude_background=config.exclude_background).to(device)
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
     rng = np.random.default_rng(config.seed)
     transfer = _init_from(network, config.init_from, config.freeze_encoder) if config.init_from else {}
     network.to(device)
