@@ -185,15 +185,14 @@ def predict_file(
     are computed slab by slab. Outputs appear only when complete (written under temporary names).
     Returns a summary dict (paths, shape, class voxel counts).
     """
-    from .fileutil import atomic_path
-    from .io import read_image, write_image
+    from .io import read_image, write_image, write_labels
 
     model = load_model(model, device=device)
     img = read_image(input_path, axes=axes, mmap=True)
     if "t" in img.dims:
         result = predict(model, img, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
                          probabilities=probabilities_path is not None, tta=tta, progress=progress)
-        write_image(labels_path, result.labels)
+        write_labels(labels_path, result.labels)
         if probabilities_path is not None:
             write_image(probabilities_path, result.probabilities)
         return {"labels": str(labels_path), "probabilities": str(probabilities_path) if probabilities_path else None}
@@ -216,7 +215,7 @@ def predict_file(
         for start in range(0, spatial[0], step):
             labels[start:start + step] = np.asarray(probs[:, start:start + step]).argmax(0)
         counts = np.bincount(labels.ravel(), minlength=classes)
-        write_image(labels_path, like(labels, img, name="labels"))
+        write_labels(labels_path, like(labels, img, name="labels"))
         if probabilities_path is not None:
             write_image(probabilities_path, like(probs, img, channel_dim="ch", name="probabilities"))
     finally:
