@@ -18,8 +18,62 @@ from engine.networks import build
 from engine.networks.deeplab import DeepLabV3Plus
 from engine.networks.encoders import ENCODERS, build_encoder
 from engine.networks.z2c import mirror_index, stack_z_context, z_context_indices
+from network_contract import NetworkContract
 
 TINY_DEEPLAB = dict(aspp_filters=8, decoder_filters=8, low_level_filters=4, encoder_width=0.125)
+
+
+# ------------------------------------------------------------------------- the shared network contract
+
+
+class TestSegNetContract(NetworkContract):
+    name = "segnet2d"
+    option_sets = [
+        dict(depth=2, filters=4),
+        dict(depth=3, filters=2, double_filters=True, convs_per_level=1, activation="elu"),
+        dict(depth=1, filters=4, filter_size=5, norm="group", activation="swish"),
+    ]
+    input_shapes = [(16, 16), (19, 23)]
+
+
+class TestDeepLabContract(NetworkContract):
+    name = "deeplabv3plus"
+    option_sets = [
+        dict(TINY_DEEPLAB),  # DeepMIB: resnet18, output stride 16, one skip, projected ASPP
+        dict(TINY_DEEPLAB, encoder="mobilenet_v1", skips=2, output_stride=8),  # CT study's best
+        dict(TINY_DEEPLAB, encoder="mobilenet_v1", skips=2, aspp_mode="concat", activation="leaky_relu"),
+        dict(TINY_DEEPLAB, encoder="resnet50_v2", skips=2, activation="clipped_relu"),
+        dict(TINY_DEEPLAB, encoder="resnet50", output_stride=8, norm="group", activation="tanh"),
+        dict(TINY_DEEPLAB, encoder="resnet18_v2", activation="silu", atrous_rates=[2, 4]),
+        dict(TINY_DEEPLAB, encoder="mobilenet_v2", output_stride=8, skips=2),
+    ]
+    input_shapes = [(33, 47), (32, 40)]
+
+
+class TestUNetEncoderContract(NetworkContract):
+    name = "unet2d_encoder"
+    option_sets = [
+        dict(depth=3, filters=4, encoder_width=0.125),
+        dict(encoder="resnet50", depth=2, filters=4, encoder_width=0.125, activation="leaky_relu"),
+        dict(encoder="resnet18_v2", depth=4, filters=2, encoder_width=0.125, activation="elu"),
+        dict(encoder="mobilenet_v1", depth=5, filters=2, encoder_width=0.125),
+    ]
+    input_shapes = [(32, 32), (35, 41)]
+
+
+class TestZ2CUNetContract(NetworkContract):
+    name = "z2c_unet2d"
+    option_sets = [dict(z_context=3, depth=2, filters=4), dict(z_context=7, depth=1, filters=2, activation="tanh")]
+    input_shapes = [(16, 16), (17, 20)]
+
+
+class TestZ2CDeepLabContract(NetworkContract):
+    name = "z2c_deeplabv3plus"
+    option_sets = [
+        dict(TINY_DEEPLAB, encoder="mobilenet_v1", skips=2),
+        dict(TINY_DEEPLAB, z_context=3, output_stride=8, aspp_mode="concat"),
+    ]
+    input_shapes = [(33, 35)]
 
 
 def _capture(module: nn.Module, store: list, what: str = "output") -> torch.utils.hooks.RemovableHandle:
