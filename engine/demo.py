@@ -6,7 +6,6 @@ segments held-out test images, evaluates them and prints where everything is.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -75,18 +74,17 @@ def run_demo(out: str | Path = "deepseg-demo", *, three_d: bool = False, epochs:
     confusion = np.zeros((2, 2), dtype=np.int64)
     for truth in list_images(test_truth):
         confusion += confusion_matrix(read_labels(predictions / f"{truth.stem}.tif"), read_labels(truth), 2)
-    report = Report(confusion, ["background", "blob"])
+    report = Report(confusion, ("background", "blob"))
     report.to_json(out / "evaluation.json")
-    report.plot_confusion(out / "confusion_matrix.png")
-    dice = report.as_dict()["dice"][1] if isinstance(report.as_dict().get("dice"), list) else None
+    report.plot_confusion(out / "confusion_matrix.png", title="deepseg demo: held-out test images")
     elapsed = time.perf_counter() - began
-    history = json.loads(json.dumps(report.as_dict()))
     lines = [
         f"deepseg demo ({'3D' if three_d else '2D'}{', through ImageJ' if imagej else ''}) finished in {elapsed:.0f} s",
         f"  training data     {train_dir}",
         f"  model             {model_dir}  (training curves: {model_dir / 'training_curves.png'})",
         f"  label images      {predictions}",
         f"  evaluation        {out / 'evaluation.json'}, {out / 'confusion_matrix.png'}",
-        f"  foreground Dice on held-out test images: {dice:.4f}" if dice is not None else f"  report: {history}",
+        f"  foreground Dice on held-out test images: {float(report.dice[1]):.4f} "
+        f"(IoU {float(report.iou[1]):.4f}, accuracy {report.global_accuracy:.4f})",
     ]
     return "\n".join(lines)

@@ -104,6 +104,8 @@ def _probabilities(model: LoadedModel, pixels: np.ndarray, *, tile, overlap, ble
     norm = model.normalization.image_statistics(pixels)
     net = model.network
     tile = tuple(tile) if tile is not None else default_tile(model, pixels.shape[1:])
+    if len(tile) == 1:
+        tile = tile * net.spatial_dims
     if len(tile) != net.spatial_dims:
         raise InputError(f"tile {list(tile)} must have {net.spatial_dims} sizes for model {net.name!r}")
     tile = net.valid_input_shape(tile)
