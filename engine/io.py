@@ -182,16 +182,13 @@ def _read_tiff(path: Path, axes: str | None, *, mmap: bool) -> xr.DataArray:
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise InputError(f"{str(path)!r} holds no image data; expected {READABLE}")
-        series = tif.series[0]
+        file_axes = tif.series[0].axes
         kind = "ImageJ" if tif.is_imagej else "OME" if tif.is_ome else "TIFF"
         spacing, unit = _tiff_calibration(tif)
-        data = None if mmap else series.asarray()
-    if data is None:
-        data = _memmap_tiff(path)
+        data = _memmap_tiff(path) if mmap else None
         if data is None:
-            with tifffile.TiffFile(path) as tif:
-                data = tif.series[0].asarray()
-    return _named(data, series.axes, axes, kind, path, spacing, unit)
+            data = tif.series[0].asarray()
+    return _named(data, file_axes, axes, kind, path, spacing, unit)
 
 
 def _memmap_tiff(path: Path) -> np.ndarray | None:
@@ -652,8 +649,11 @@ def _per_unit(spacing: float) -> tuple[int, int]:
     value = Fraction(repr(float(spacing)))
     if value.numerator > _UINT32_MAX or value.denominator > _UINT32_MAX:
         value = value.limit_denominator(_UINT32_MAX)
-        while value.numerator > _UINT32_MAX:
-            value = Fraction(round(value.numerator / 2), max(1, round(value.denominator / 2)))
+    if not 0 < value.numerator <= _UINT32_MAX:
+        raise InputError(
+            f"spacing {spacing!r} cannot be stored as a TIFF resolution; express it in a unit where it "
+            "lies between about 1e-9 and 1e9 (e.g. µm instead of m)"
+        )
     return value.denominator, value.numerator
 
 

@@ -114,8 +114,7 @@ def _aligned(prediction: Any, truth: Any, mask: Any) -> tuple[np.ndarray, np.nda
 def _chunk_counts(
     pred: np.ndarray, true: np.ndarray, keep: np.ndarray | None, classes: int, ignore_label: int | None
 ) -> np.ndarray:
-    t = np.asarray(true).reshape(-1).astype(np.int64, copy=False)
-    p = np.asarray(pred).reshape(-1).astype(np.int64, copy=False)
+    t, p = np.asarray(true).reshape(-1), np.asarray(pred).reshape(-1)
     valid = None if keep is None else np.asarray(keep).reshape(-1).astype(bool, copy=False)
     if ignore_label is not None:
         counted = t != ignore_label
@@ -123,11 +122,17 @@ def _chunk_counts(
     if valid is not None:
         t, p = t[valid], p[valid]
     for name, values in (("truth", t), ("prediction", p)):
-        if values.size and (values.min() < 0 or values.max() >= classes):
-            bad = int(values.min()) if values.min() < 0 else int(values.max())
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high >= classes:
             hint = "" if ignore_label is None or name == "truth" else f" (ignore_label={ignore_label} applies to truth only)"
-            raise InputError(f"{name} holds the label {bad}; expected labels 0..{classes - 1} for {classes} classes{hint}")
-    return np.bincount(t * classes + p, minlength=classes * classes)
+            raise InputError(
+                f"{name} holds the label {low if low < 0 else high}; expected labels 0..{classes - 1} "
+                f"for {classes} classes{hint}"
+            )
+    index = t.astype(np.intp)  # a copy: safe to update in place
+    index *= classes
+    index += p
+    return np.bincount(index, minlength=classes * classes)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -392,8 +397,8 @@ def evaluate(
     prediction, truth : array, DataArray, or path of a label image
         Files are read with :func:`engine.io.read_labels` (TIFFs memory-mapped where possible).
     classes : int, optional
-        Number of classes; defaults to the largest label + 1 (at least 2), not counting
-        ``ignore_label``.
+        Number of classes; defaults to ``len(class_names)``, else to the largest label + 1 (at
+        least 2), not counting ``ignore_label``.
     ignore_label : int, optional
         Truth value of unlabelled voxels (not counted).
     mask : array, DataArray or path, optional
@@ -406,6 +411,8 @@ def evaluate(
     Report
     """
     pred, true, keep = _read(prediction, labels=True), _read(truth, labels=True), _read(mask, labels=False)
+    if classes is None and class_names is not None:
+        classes = len(class_names)
     if classes is None:
         classes = max(2, _largest(pred, None) + 1, _largest(true, ignore_label) + 1)
     names = tuple(class_names) if class_names is not None else tuple(f"class {k}" for k in range(classes))

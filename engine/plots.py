@@ -87,7 +87,7 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], *, title: s
     share = np.full(counts.shape, np.nan)
     np.divide(counts, totals, out=share, where=totals > 0)
     k = counts.shape[0]
-    side = max(4.0, 0.55 * k + 2.5)
+    side = min(20.0, max(4.0, 0.55 * k + 2.5))
     figure = _new_figure((side + 1.0, side))
     axis = figure.add_subplot(1, 1, 1)
     import matplotlib

@@ -273,6 +273,8 @@ def test_write_argument_errors(tmp_path):
         write_image(tmp_path / "a.jpg", np.zeros((2, 2), np.uint8), axes="YX")
     with pytest.raises(InputError, match="spacing"):
         write_image(tmp_path / "a.tif", as_image(np.zeros((2, 2)), "YX", spacing={"row": 0.0}))
+    with pytest.raises(InputError, match="TIFF resolution"):
+        write_image(tmp_path / "a.tif", as_image(np.zeros((2, 2)), "YX", spacing={"row": 1e-12, "col": 1.0}))
     with pytest.raises(InputError, match="lut"):
         write_image(tmp_path / "a.tif", np.zeros((2, 2), np.uint8), axes="YX", lut=np.zeros((3, 10)))
     assert only_files(tmp_path) == []

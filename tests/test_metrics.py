@@ -92,6 +92,8 @@ def test_nan_handling_and_one_sided_classes():
 def test_default_classes_at_least_two_and_names():
     report = evaluate(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), class_names=["bg", "fg"])
     assert report.class_names == ("bg", "fg") and report.dice[0] == 1.0 and np.isnan(report.dice[1])
+    assert evaluate(PRED, TRUTH, class_names=["bg", "a", "b", "unused"]).classes == 4
+    assert evaluate(np.zeros(3, int), np.zeros(3, int)).class_names == ("class 0", "class 1")
 
 
 def test_chunked_equals_unchunked_and_reference_on_memmap(tmp_path):
@@ -144,7 +146,7 @@ def test_file_inputs(tmp_path):
         (lambda: confusion_matrix(PRED * 0.5, TRUTH, 3), "float64"),
         (lambda: confusion_matrix(PRED, TRUTH, 3, mask=np.ones(3)), "mask shape"),
         (lambda: confusion_matrix(PRED, TRUTH, 0), "classes=0"),
-        (lambda: evaluate(PRED, TRUTH, class_names=["a"]), "1 class names"),
+        (lambda: evaluate(PRED, TRUTH, classes=3, class_names=["a"]), "1 class names"),
     ],
 )
 def test_errors(call, message):
