@@ -1,0 +1,428 @@
+"""The Plugins > deepseg commands: read options, convert images, call the engine, show the results.
+
+Every command works the same with a display (options from a GenericDialog, which the Macro Recorder
+records) and headless (options from the macro options string). No segmentation logic lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import xarray as xr
+
+from engine.errors import Cancelled, InputError
+
+from . import convert
+from .macro import CANCELLED_PREFIX
+from .options import CommandSpec, Option, tokenize
+
+if TYPE_CHECKING:
+    from engine.progress import Progress
+
+    from .session import CommandResult, Session
+
+log = logging.getLogger(__name__)
+
+TRAIN = "DeepSeg Train..."
+PREDICT = "DeepSeg Predict..."
+EVALUATE = "DeepSeg Evaluate..."
+MODEL_INFO = "DeepSeg Model Info..."
+COMMANDS: tuple[str, ...] = (TRAIN, PREDICT, EVALUATE, MODEL_INFO)
+_DEVICE = Option("device", "string", "auto", "where to compute: auto, cpu, cuda, cuda:N or mps", label="Device")
+
+
+@lru_cache(maxsize=None)
+def spec(command: str) -> CommandSpec:
+    """The option spec of ``command`` (built on first use: the choices come from the engine)."""
+    if command == PREDICT:
+        return CommandSpec(PREDICT, "Segment an image with a trained model; shows the label image "
+                           "(and/or class probabilities) as new images.", (
+            Option("model", "folder", "", "the trained model folder", label="Model folder", required=True),
+            Option("image", "image", "", "image to segment: an open image's title or a file (empty: the active image)",
+                   label="Image"),
+            Option("tile", "size", None, "tile size in pixels (0: the model's default)", label="Tile size"),
+            Option("overlap", "float", 0.25, "fraction of a tile shared with its neighbours", label="Overlap",
+                   minimum=0.0, maximum=0.9),
+            Option("blend", "choice", "gaussian", "how overlapping tiles are combined", label="Blend",
+                   choices=("gaussian", "mean")),
+            Option("output", "choice", "labels", "what to show", label="Output",
+                   choices=("labels", "probabilities", "both")),
+            Option("batch", "int", 0, "tiles per forward pass (0: automatic)", label="Batch size", minimum=0),
+            Option("tta", "bool", False, "mirroring test-time augmentation (slower, smoother)",
+                   label="TTA (test-time augmentation)"),
+            _DEVICE,
+        ))
+    if command == TRAIN:
+        from engine.config import OPTIMIZERS, SCHEDULES
+        from engine.losses import LOSSES
+        from engine.networks import list_networks
+        from engine.normalization import METHODS
+
+        return CommandSpec(TRAIN, "Train a segmentation network on an image and its label image (open images "
+                           "or files), or on folders of them; saves a model folder.", (
+            Option("images", "image", "", "training image(s): an open image, a file, a folder, or a DeepMIB "
+                   "training folder (Images/, Labels/)", label="Images"),
+            Option("labels", "image", "", "label image(s): an open image, a file or a folder (empty with a "
+                   "DeepMIB folder)", label="Labels"),
+            Option("out", "folder", "", "folder for the trained model", label="Out (model folder)", required=True),
+            Option("network", "choice", "unet2d", "network architecture", label="Network",
+                   choices=tuple(list_networks())),
+            Option("options", "string", "", "network options, e.g. depth=3 filters=16", label="Options"),
+            Option("patch", "size", (128,), "training patch size", label="Patch size"),
+            Option("epochs", "int", 50, "passes over the training data", label="Epochs", minimum=1),
+            Option("batch", "int", 4, "patches per step", label="Batch size", minimum=1),
+            Option("steps", "int", 0, "steps per epoch (0: about one pass over the data)", label="Steps per epoch",
+                   minimum=0),
+            Option("classes", "int", 0, "number of classes incl. background (0: largest label + 1)", label="Classes",
+                   minimum=0),
+            Option("names", "string", "", "class names, comma-separated, background first", label="Names of classes"),
+            Option("lr", "float", 1e-3, "learning rate", label="LR (learning rate)", minimum=1e-12),
+            Option("optimizer", "choice", "adam", "optimizer", label="Optimizer", choices=OPTIMIZERS),
+            Option("schedule", "choice", "poly", "learning-rate schedule", label="Schedule", choices=SCHEDULES),
+            Option("loss", "choice", "ce_dice", "loss function", label="Loss", choices=LOSSES),
+            Option("normalization", "choice", "zscore", "intensity normalization", label="Normalization",
+                   choices=METHODS),
+            Option("validation", "float", 0.25, "fraction of the data kept for validation", label="Validation fraction",
+                   minimum=0.0, maximum=0.95),
+            Option("seed", "int", 2, "random seed", label="Seed"),
+            Option("axes", "string", "", "axes of image files that do not record them, e.g. ZYX", label="Axes"),
+            Option("resume", "folder", "", "model folder of an interrupted run to continue", label="Resume from"),
+            Option("init", "folder", "", "model folder to start from (transfer learning)", label="Init from model"),
+            _DEVICE,
+        ))
+    if command == EVALUATE:
+        return CommandSpec(EVALUATE, "Compare predicted label images with the ground truth; shows the metrics "
+                           "in the Results table (one row per image, plus 'all' for folders).", (
+            Option("prediction", "image", "", "predicted labels: an open image, a file or a folder",
+                   label="Prediction"),
+            Option("truth", "image", "", "ground-truth labels: an open image, a file or a folder", label="Truth",
+                   required=True),
+            Option("classes", "int", 0, "number of classes (0: largest label + 1)", label="Classes", minimum=0),
+            Option("ignore", "int", -1, "truth label to leave out (-1: none)", label="Ignore label", minimum=-1),
+            Option("names", "string", "", "class names, comma-separated, background first", label="Names of classes"),
+            Option("csv", "file", "", "also save per-class metrics to this CSV file", label="CSV file"),
+        ))
+    if command == MODEL_INFO:
+        return CommandSpec(MODEL_INFO, "Show a model folder's network, classes, patch and training record "
+                           "in the Results table.", (
+            Option("model", "folder", "", "the model folder", label="Model folder", required=True),
+        ))
+    raise KeyError(f"{command!r} is not a deepseg command; expected one of {COMMANDS}")
+
+
+def handlers(session: "Session") -> dict[str, Callable[[str, str | None], str | None]]:
+    """One handler per command, for :func:`fiji_bridge.shim.register`."""
+    runner = CommandRunner(session)
+    return {name: runner.dispatch for name in COMMANDS}
+
+
+class CommandRunner:
+    """Runs deepseg commands for one session."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self._models: dict[tuple[str, str, float], Any] = {}
+        self._run = {TRAIN: self.train, PREDICT: self.predict, EVALUATE: self.evaluate, MODEL_INFO: self.model_info}
+
+    def dispatch(self, command: str, options: str | None) -> str | None:
+        """Entry point from ImageJ: None on success, else the error message (ImageJ shows or aborts with it)."""
+        from .session import CommandResult
+
+        try:
+            values = self.read_options(command, options)
+            if values is None:  # the dialog was cancelled: nothing to do, not an error
+                return None
+            result = CommandResult(command)
+            self._run[command](values, result)
+            self.session.last_result = result
+            self.session.IJ.showStatus(f"{command.rstrip('.')}: done")
+            return None
+        except Cancelled as err:
+            self.session._record_failure(err)
+            return f"{CANCELLED_PREFIX} {err}"
+        except (ValueError, FileNotFoundError) as err:  # InputError, ModelFileError: the message says it all
+            self.session._record_failure(err)
+            return str(err)
+        except Exception as err:  # report, don't crash ImageJ's thread
+            log.exception("%s failed", command)
+            self.session._record_failure(err)
+            return f"{type(err).__name__}: {err}"
+        finally:
+            self.session.IJ.showProgress(1.0)
+
+    def read_options(self, command: str, options: str | None) -> dict[str, Any] | None:
+        """From the macro options if given, else from the dialog (or the defaults where nobody can answer)."""
+        command_spec = spec(command)
+        if options is not None or self.session.unattended:
+            return command_spec.parse(options)
+        from .dialog import ask
+
+        current = self.session.current_image()
+        initial = {o.key: str(current.getTitle()) for o in command_spec.options
+                   if o.kind == "image" and current is not None and o.key in ("image", "images", "prediction")}
+        return ask(command_spec, initial)
+
+    # --------------------------------------------------------------------------------------- helpers
+
+    def progress(self, command: str) -> Callable[["Progress"], bool | None]:
+        IJ = self.session.IJ
+        label = command.rstrip(".")
+
+        def callback(p: "Progress") -> bool | None:
+            IJ.showProgress(int(p.done), int(max(p.total, 1)))
+            details = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.metrics.items())
+            IJ.showStatus(f"{label}: {p.stage} {p.done}/{p.total} {p.message} {details}".strip())
+            if self.session.progress_callback is not None:
+                self.session.progress_callback(p)
+            return False if self.session.cancelled() else None
+
+        return callback
+
+    def image_or_path(self, reference: str, what: str, *, labels: bool = False) -> tuple[Any, Any]:
+        """``(DataArray, ImagePlus)`` for an open image (by title; "" = active), or ``(Path, None)`` for a file/folder."""
+        session = self.session
+        if not reference:
+            imp = session.current_image()
+            if imp is None:
+                raise InputError(f"{what}: no image is open; open one or give {what}=<title or file>")
+            return self.to_array(imp, labels), imp
+        imp = session.jclass("ij.WindowManager").getImage(reference)
+        current = session.current_image()
+        if imp is None and current is not None and str(current.getTitle()) == reference:
+            imp = current
+        if imp is not None:
+            return self.to_array(imp, labels), imp
+        path = Path(reference).expanduser()
+        if path.exists():
+            return path, None
+        titles = session.image_titles()
+        listing = f"open images: {', '.join(titles)}" if titles else "no images are open"
+        raise InputError(f"{what}={reference!r} is neither an open image nor an existing file or folder ({listing})")
+
+    @staticmethod
+    def to_array(imp: Any, labels: bool) -> xr.DataArray:
+        array = convert.imageplus_to_xarray(imp)
+        if labels and array.attrs.get("rgb"):
+            raise InputError(f"label image {array.name!r} is RGB; expected an 8/16-bit label image")
+        return array
+
+    def model(self, folder: str, device: str) -> Any:
+        """Load a model folder once per session (reloaded when its files change)."""
+        from engine.model_files import load_model
+
+        path = Path(folder).expanduser()
+        config = path / "config.json"
+        stamp = config.stat().st_mtime if config.is_file() else 0.0
+        key = (str(path.resolve()), device, stamp)
+        if key not in self._models:
+            self._models = {k: v for k, v in self._models.items() if k[0] != key[0]}
+            self._models[key] = load_model(path, device=device)
+        return self._models[key]
+
+    def show(self, imp: Any, result: "CommandResult") -> None:
+        imp.show()
+        result.images.append(imp)
+
+    def show_table(self, rows: list[Mapping[str, Any]], result: "CommandResult") -> None:
+        """Rows into ImageJ's Results table (macros read it with getResult/getResultString)."""
+        ResultsTable = self.session.jclass("ij.measure.ResultsTable")
+        table = ResultsTable.getResultsTable()
+        table.reset()
+        for row in rows:
+            table.incrementCounter()
+            for key, value in row.items():
+                if isinstance(value, bool) or value is None or not isinstance(value, (int, float)):
+                    table.addValue(str(key), "" if value is None else str(value))
+                else:
+                    table.addValue(str(key), float(value))
+                result.table.setdefault(str(key), []).append(value)
+        table.show("Results")
+
+    # --------------------------------------------------------------------------------------- commands
+
+    def predict(self, values: dict[str, Any], result: "CommandResult") -> None:
+        from engine.predict import predict
+
+        image, imp = self.image_or_path(values["image"], "image")
+        if isinstance(image, Path):
+            from engine.io import read_image
+
+            if image.is_dir():
+                raise InputError(f"image={str(image)!r} is a folder; give one image (a macro can loop over a folder)")
+            image = read_image(image)
+        model = self.model(values["model"], values["device"])
+        output = values["output"]
+        prediction = predict(
+            model, image, tile=values["tile"], overlap=values["overlap"], blend=values["blend"],
+            batch_size=values["batch"] or None, probabilities=output != "labels", tta=values["tta"],
+            progress=self.progress(PREDICT),
+        )
+        base = _base_title(imp.getTitle() if imp is not None else image.name)
+        calibration = imp.getCalibration() if imp is not None else None
+        if output in ("labels", "both"):
+            self.show(convert.labels_to_imageplus(prediction.labels, f"{base}-labels", calibration=calibration), result)
+        if output in ("probabilities", "both"):
+            probabilities = convert.probabilities_to_imageplus(
+                prediction.probabilities, f"{base}-probabilities", class_names=model.class_names,
+                calibration=calibration,
+            )
+            self.show(probabilities, result)
+        result.info = {"model": str(model.path), "classes": model.class_names}
+
+    def train(self, values: dict[str, Any], result: "CommandResult") -> None:
+        from engine.config import TrainConfig
+        from engine.train import train
+
+        images, _ = self.image_or_path(values["images"], "images")
+        labels: Any = None
+        if values["labels"]:
+            labels, _ = self.image_or_path(values["labels"], "labels", labels=True)
+        elif not isinstance(images, Path):
+            raise InputError("labels: give the label image for the open training image (labels=<title or file>)")
+        in_memory = not isinstance(images, Path)
+        if in_memory and isinstance(labels, Path):
+            from engine.io import read_labels
+
+            labels = read_labels(labels)
+        elif not in_memory and labels is not None and not isinstance(labels, Path):
+            raise InputError("images is a file or folder but labels is an open image: give both as files, or both open")
+        names = [n.strip() for n in values["names"].split(",") if n.strip()] or None
+        config = TrainConfig(
+            images=None if in_memory else str(images),
+            labels=None if in_memory or labels is None else str(labels),
+            axes=values["axes"] or None,
+            out=str(Path(values["out"]).expanduser()),
+            network=values["network"],
+            network_options=network_options(values["options"]),
+            patch=list(values["patch"]) if values["patch"] and len(values["patch"]) > 1 else (values["patch"] or (128,))[0],
+            epochs=values["epochs"],
+            batch=values["batch"],
+            steps_per_epoch=values["steps"] or None,
+            classes=values["classes"] or None,
+            class_names=names,
+            lr=values["lr"],
+            optimizer=values["optimizer"],
+            schedule=values["schedule"],
+            loss=values["loss"],
+            normalization=values["normalization"],
+            validation_fraction=values["validation"],
+            seed=values["seed"],
+            device=values["device"],
+            resume=values["resume"] or None,
+            init_from=values["init"] or None,
+        )
+        trained = train(config, images=[images] if in_memory else None, labels=[labels] if in_memory else None,
+                        progress=self.progress(TRAIN))
+        rows = [{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in trained.history]
+        self.show_table(rows, result)
+        result.info = {"model_dir": str(trained.model_dir), "final_metrics": trained.final_metrics}
+        self.session.IJ.log(f"{TRAIN.rstrip('.')}: model saved to {trained.model_dir}")
+
+    def evaluate(self, values: dict[str, Any], result: "CommandResult") -> None:
+        from engine.metrics import Report, evaluate
+
+        prediction, _ = self.image_or_path(values["prediction"], "prediction", labels=True)
+        truth, _ = self.image_or_path(values["truth"], "truth", labels=True)
+        names = [n.strip() for n in values["names"].split(",") if n.strip()] or None
+        kwargs = dict(classes=values["classes"] or None, ignore_label=None if values["ignore"] < 0 else values["ignore"],
+                      class_names=names)
+        pairs = _pairs(prediction, truth)
+        reports = [(label, evaluate(pred, true, progress=self.progress(EVALUATE), **kwargs)) for label, pred, true in pairs]
+        classes = {report.classes for _, report in reports}
+        if len(classes) > 1:  # folders: every image must count the same classes (the most any image has)
+            kwargs["classes"] = max(classes)
+            reports = [(label, evaluate(pred, true, **kwargs)) for label, pred, true in pairs]
+        rows = [_metrics_row(label, report) for label, report in reports]
+        if len(reports) > 1:
+            total = Report(sum(r.confusion for _, r in reports), reports[0][1].class_names)
+            rows.append(_metrics_row("all", total))
+            final = total
+        else:
+            final = reports[0][1]
+        self.show_table(rows, result)
+        if values["csv"]:
+            final.to_csv(Path(values["csv"]).expanduser())
+        result.info = {"report": final.as_dict()}
+
+    def model_info(self, values: dict[str, Any], result: "CommandResult") -> None:
+        info = self.model(values["model"], "cpu").describe()
+        rows = [{"key": key, "value": _text(value)} for key, value in info.items()]
+        self.show_table(rows, result)
+        result.info = info
+
+
+def network_options(text: str) -> dict[str, Any]:
+    """``"depth=3 filters=16 norm=batch"`` (or JSON) -> ``{"depth": 3, "filters": 16, "norm": "batch"}``."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"options={text!r} is not valid JSON: {err}") from None
+        if not isinstance(parsed, dict):
+            raise InputError(f"options={text!r}: expected key=value pairs or a JSON object")
+        return parsed
+    options: dict[str, Any] = {}
+    for key, value in tokenize(text.replace(",", " "), "options"):
+        if value is None:
+            raise InputError(f"options: {key!r} needs a value, e.g. {key}=3")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _base_title(title: Any) -> str:
+    text = str(title or "image")
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".bmp"):
+        if text.lower().endswith(suffix):
+            return text[: -len(suffix)]
+    return text
+
+
+def _pairs(prediction: Any, truth: Any) -> list[tuple[str, Any, Any]]:
+    """Pair predictions with truths: two images/files, or two folders matched by file name."""
+    pred_dir = isinstance(prediction, Path) and prediction.is_dir()
+    truth_dir = isinstance(truth, Path) and truth.is_dir()
+    if pred_dir != truth_dir:
+        raise InputError("prediction and truth must both be folders, or both single images")
+    if not pred_dir:
+        label = prediction.name if isinstance(prediction, Path) else str(getattr(prediction, "name", "image"))
+        return [(label, prediction, truth)]
+    from engine.io import list_images
+
+    truths = {_base_title(p.name): p for p in list_images(truth)}
+    pairs = []
+    for pred in list_images(prediction):
+        match = truths.get(_base_title(pred.name))
+        if match is not None:
+            pairs.append((pred.name, pred, match))
+    if not pairs:
+        raise InputError(
+            f"no file in {str(prediction)!r} has a namesake in {str(truth)!r}: predictions and truths are "
+            "paired by file name (extension ignored)"
+        )
+    return pairs
+
+
+def _metrics_row(label: str, report: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"image": label}
+    row.update({k: float(v) for k, v in report.summary_values().items()})
+    for name, dice, iou in zip(report.class_names, report.dice, report.iou):
+        column = "_".join(str(name).split())
+        row[f"dice_{column}"] = float(dice)
+        row[f"iou_{column}"] = float(iou)
+    return row
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return "" if value is None else str(value)
