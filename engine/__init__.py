@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "read_image": "engine.io",
     "write_image": "engine.io",
+    "read_labels": "engine.io",
+    "write_labels": "engine.io",
+    "list_images": "engine.io",
     "as_image": "engine.axes",
     "predict_tiled": "engine.tiling",
     "predict": "engine.predict",

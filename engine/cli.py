@@ -235,8 +235,11 @@ def _activations(args: argparse.Namespace) -> int:
         return 0
     pixels = channel_first(read_image(args.image, axes=args.axes))
     net = model.network
-    if pixels.ndim - 1 > net.spatial_dims:  # 2D network on a stack: use the centre plane
-        pixels = pixels[:, pixels.shape[1] // 2]
+    if pixels.ndim - 1 > net.spatial_dims:  # 2D network on a stack: the centre plane (with its context)
+        from .data import z_context_stack
+
+        pixels = z_context_stack(pixels, pixels.shape[1] // 2, net.z_context) if net.z_context > 1 \
+            else pixels[:, pixels.shape[1] // 2]
     patch = model.normalization.image_statistics(pixels).apply(_centre_patch(pixels, model.patch))
     features = act.layer_activations(net, patch, args.layer)
     out = Path(args.out or f"activations-{args.layer}.tif")

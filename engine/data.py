@@ -371,20 +371,10 @@ def crop_padded(array: np.ndarray, starts: Sequence[int], size: Sequence[int], *
 def z_context_stack(
     image: np.ndarray, z: int, z_context: int, starts: Sequence[int] = (0, 0), size: Sequence[int] | None = None
 ) -> np.ndarray:
-    """Planes ``z - k .. z + k`` (k = z_context // 2, mirrored at the stack ends) of a ``(C, Z, Y, X)``
-    image as channels ``(C * z_context, *size)``, ordered plane-major (all channels of the first plane,
-    then the next)."""
-    depth = image.shape[1]
-    half = z_context // 2
-    planes = [_mirror_index(z + dz, depth) for dz in range(-half, half + 1)]
+    """Planes around ``z`` of a ``(C, Z, Y, X)`` image as channels ``(C * z_context, *size)``, cropped
+    at ``starts`` (mirrored beyond the image); plane order as :func:`engine.networks.z2c.stack_z_context`."""
+    from .networks.z2c import z_context_indices
+
     size = tuple(size) if size is not None else tuple(image.shape[2:])
-    crops = [crop_padded(image[:, p], starts, size, channel_axis=True) for p in planes]
-    return np.concatenate(crops, axis=0)
-
-
-def _mirror_index(index: int, size: int) -> int:
-    if size == 1:
-        return 0
-    period = 2 * (size - 1)
-    index = abs(index) % period
-    return period - index if index >= size else index
+    planes = z_context_indices(z, image.shape[1], z_context)
+    return np.concatenate([crop_padded(image[:, p], starts, size, channel_axis=True) for p in planes], axis=0)

@@ -83,8 +83,12 @@ class Normalization:
         shape[channel_axis] = -1
 
         def per_channel(values: Sequence[float]) -> np.ndarray:
-            arr = np.asarray(values, dtype=np.float32).reshape(shape)
-            if arr.size != out.shape[channel_axis]:
+            arr = np.asarray(values, dtype=np.float32)
+            channels = out.shape[channel_axis]
+            if arr.size and channels % arr.size == 0:
+                arr = np.tile(arr, channels // arr.size)  # 2.5D input: z_context slices stacked plane-major
+            arr = arr.reshape(shape)
+            if arr.size != channels:
                 raise InputError(
                     f"image has {out.shape[channel_axis]} channels but the normalization was fitted "
                     f"on {arr.size}"

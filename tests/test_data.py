@@ -133,8 +133,10 @@ def test_normalization_errors():
     with pytest.raises(InputError, match="normalization 'max'"):
         Normalization("max")
     norm = Normalization("zscore").fit([np.ones((1, 4, 4))])
-    with pytest.raises(InputError, match="2 channels but the normalization was fitted on 1"):
-        norm.apply(np.ones((2, 4, 4)))
+    two = Normalization("zscore").fit([np.ones((2, 4, 4))])
+    with pytest.raises(InputError, match="3 channels but the normalization was fitted on 2"):
+        two.apply(np.ones((3, 4, 4)))
+    assert norm.apply(np.ones((5, 4, 4))).shape == (5, 4, 4)  # 5 stacked slices of one channel
 
 
 def test_augmentation_keeps_image_and_labels_aligned():

@@ -77,6 +77,16 @@ def test_3d_and_2d_on_stacks(tmp_path):
     assert result.network.spatial_dims == 2
 
 
+def test_z2c_network_trains_and_predicts_on_stacks(tmp_path):
+    from engine.predict import predict
+
+    images, labels = blob_images(1, shape=(6, 32, 32))
+    result = train(images=images, labels=labels, out=str(tmp_path / "z"), epochs=1,
+                   **{**SMALL, "network": "z2c_unet2d", "network_options": {"z_context": 3, "depth": 1, "filters": 4}})
+    assert result.network.z_context == 3
+    assert predict(result.model_dir, images[0], tile=(32, 32)).labels.shape == (6, 32, 32)
+
+
 def test_sparse_labels_with_ignore_label(tmp_path):
     images, labels = blob_images(1, shape=(6, 32, 32))
     sparse = np.zeros_like(labels[0])  # 0 = not annotated; classes painted as 1 (background) and 2
