@@ -149,8 +149,15 @@ class Session:
         :meth:`labels_to_imageplus` for the label LUT)."""
         imp = convert.xarray_to_imageplus(array, title, axes=axes)
         if show:
-            imp.show()
+            self.show(imp)
         return imp
+
+    def show(self, imp: Any) -> None:
+        """Show an image: a window with a display; headless, make it the active image (no window exists)."""
+        if self.headless:
+            self.jclass("ij.WindowManager").setTempCurrentImage(imp)
+        else:
+            imp.show()
 
     def labels_to_imageplus(self, labels: xr.DataArray | np.ndarray, title: str | None = None, **kwargs: Any) -> Any:
         """A label image as 8/16-bit ImagePlus with the label LUT."""

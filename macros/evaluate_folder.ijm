@@ -22,4 +22,4 @@ run("DeepSeg Evaluate...", "prediction=[" + prediction + "] truth=[" + truth + "
 last = nResults - 1;
 print("deepseg: " + getResultString("image", last) + ": mean foreground Dice " + d2s(getResult("mean_foreground_dice", last), 4) + ", mean IoU " + d2s(getResult("mean_iou", last), 4));
 if (results != "")
-	saveAs("Results", results);
+	Table.save(results);
