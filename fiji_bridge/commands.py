@@ -12,15 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import xarray as xr
-
 from engine.errors import Cancelled, InputError
 
-from . import convert
 from .macro import CANCELLED_PREFIX
 from .options import CommandSpec, Option, tokenize
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from engine.progress import Progress
 
     from .session import CommandResult, Session
@@ -204,7 +203,9 @@ class CommandRunner:
         raise InputError(f"{what}={reference!r} is neither an open image nor an existing file or folder ({listing})")
 
     @staticmethod
-    def to_array(imp: Any, labels: bool) -> xr.DataArray:
+    def to_array(imp: Any, labels: bool) -> "xr.DataArray":
+        from . import convert
+
         array = convert.imageplus_to_xarray(imp)
         if labels and array.attrs.get("rgb"):
             raise InputError(f"label image {array.name!r} is RGB; expected an 8/16-bit label image")
@@ -261,6 +262,8 @@ class CommandRunner:
             batch_size=values["batch"] or None, probabilities=output != "labels", tta=values["tta"],
             progress=self.progress(PREDICT),
         )
+        from . import convert
+
         base = _base_title(imp.getTitle() if imp is not None else image.name)
         calibration = imp.getCalibration() if imp is not None else None
         if output in ("labels", "both"):

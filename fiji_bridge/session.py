@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import numpy as np
-import xarray as xr
+from engine.errors import InputError
 
-from engine.errors import Cancelled, InputError
-
-from . import convert, macro as macro_mod, shim
+from . import macro as macro_mod, shim
 from .errors import MacroError, SetupError
 from .options import format_args
 
 if TYPE_CHECKING:
+    import numpy as np
+    import xarray as xr
+
     from engine.progress import Progress
 
     from .display import VirtualDisplay
@@ -138,15 +138,19 @@ class Session:
 
     # ------------------------------------------------------------------------------------------- images
 
-    def to_xarray(self, imp: Any = None) -> xr.DataArray:
+    def to_xarray(self, imp: Any = None) -> "xr.DataArray":
         """The ImagePlus (default: the active image) as a DataArray with dims t/pln/ch/row/col."""
+        from . import convert
+
         return convert.imageplus_to_xarray(imp if imp is not None else self.current_image(required=True))
 
     def to_imageplus(
-        self, array: xr.DataArray | np.ndarray, title: str | None = None, *, axes: str | None = None, show: bool = False
+        self, array: "xr.DataArray | np.ndarray", title: str | None = None, *, axes: str | None = None, show: bool = False
     ) -> Any:
         """A new ImagePlus from an array (a label-typed DataArray named like ``labels`` stays plain; see
         :meth:`labels_to_imageplus` for the label LUT)."""
+        from . import convert
+
         imp = convert.xarray_to_imageplus(array, title, axes=axes)
         if show:
             self.show(imp)
@@ -159,8 +163,10 @@ class Session:
         else:
             imp.show()
 
-    def labels_to_imageplus(self, labels: xr.DataArray | np.ndarray, title: str | None = None, **kwargs: Any) -> Any:
+    def labels_to_imageplus(self, labels: "xr.DataArray | np.ndarray", title: str | None = None, **kwargs: Any) -> Any:
         """A label image as 8/16-bit ImagePlus with the label LUT."""
+        from . import convert
+
         return convert.labels_to_imageplus(labels, title, **kwargs)
 
     def open_image(self, path: str | Path) -> Any:
@@ -192,25 +198,30 @@ class Session:
         ImagePlus to run on (default: the active image). Returns what a deepseg command produced.
         """
         text = format_args(options) if isinstance(options, Mapping) else options
-        commands = self.commands()
-        if command not in commands:
-            hint = (
-                " (headless sessions run only deepseg's commands and dialog-free macro functions: start with "
-                "mode='interactive' for ImageJ's built-in commands)"
-                if self.headless
-                else ""
+        if self.headless and command not in self.commands():
+            raise MacroError(
+                f"{command!r} is not available in a headless session, which runs deepseg's commands and "
+                "dialog-free macro functions only: start the session with mode='interactive' for ImageJ's "
+                "built-in commands"
             )
-            raise MacroError(f"unknown ImageJ command {command!r}{hint}")
         self._begin()
         self.IJ.getErrorMessage()  # forget earlier errors
+        command_class = self.jclass(shim.COMMAND_CLASS)
+        command_class.setQuiet(True)  # failures become Python exceptions, not dialogs
+        self.IJ.redirectErrorMessages()  # the same for ImageJ's own error messages (to the Log instead)
+        java_error = None
         try:
             if image is not None:
                 self.IJ.run(image, command, text)
             else:
                 self.IJ.run(command, text)
         except Exception as err:  # a Java RuntimeException("Macro canceled") and the like
-            self._raise_failure(command, str(err))
-        self._raise_failure(command, None)
+            java_error = str(err)
+        finally:
+            ij_error = self.IJ.getErrorMessage()
+            command_class.setQuiet(False)
+            self.IJ.redirectErrorMessages(False)
+        self._raise_failure(command, java_error, ij_error)
         return self.last_result if self.last_result is not None and self.last_result.command == command else None
 
     def run_macro(
@@ -264,12 +275,11 @@ class Session:
         self.IJ.resetEscape()
         shim.take_last_error()
 
-    def _raise_failure(self, command: str, java_error: str | None) -> None:
+    def _raise_failure(self, command: str, java_error: str | None, ij_error: str | None) -> None:
         message = shim.take_last_error()
         failure, self._last_failure = self._last_failure, None
         if failure is not None and message is not None:
             raise failure
-        ij_error = self.IJ.getErrorMessage()
         if message is not None or ij_error is not None:
             raise MacroError(f"{command}: {message if message is not None else ij_error}")
         if java_error is not None:

@@ -91,6 +91,10 @@ def test_gui_session_with_windows_exits_cleanly(tmp_path):
         "s = fiji_bridge.start(mode='gui', virtual_display=True)\n"
         "imp = s.to_imageplus(np.zeros((30, 40), np.uint8), 'shown', show=True)\n"
         "s.run('Gaussian Blur...', 'sigma=2', image=imp)\n"  # starts ImageJ's filter thread pool
+        "try:\n"  # an ImageJ error with its main window open: an exception, not a dialog nobody can close
+        "    s.run('Gaussian Blur...', 'sigma=abc', image=imp)\n"
+        "except fiji_bridge.MacroError as err:\n"
+        "    assert 'sigma' in str(err), err\n"
         "print(s.virtual_display.name, s.IJ.getInstance() is not None, len(s.jclass('java.awt.Window').getWindows()))\n"
     )
     began = time.monotonic()

@@ -29,6 +29,7 @@ public class DeepSegCommand implements PlugIn {
 
     private static final Map<String, CommandHandler> HANDLERS = new ConcurrentHashMap<String, CommandHandler>();
     private static volatile String lastError;
+    private static final ThreadLocal<Boolean> QUIET = new ThreadLocal<Boolean>();
 
     /** Connects {@code command} to {@code handler} (replacing any previous handler). */
     public static void register(String command, CommandHandler handler) {
@@ -50,6 +51,17 @@ public class DeepSegCommand implements PlugIn {
         String error = lastError;
         lastError = null;
         return error;
+    }
+
+    /**
+     * With {@code true}, failures of commands run on this thread are only kept for
+     * {@link #takeLastError()} (the Python caller raises them) instead of being shown in a dialog.
+     */
+    public static void setQuiet(boolean quiet) {
+        if (quiet)
+            QUIET.set(Boolean.TRUE);
+        else
+            QUIET.remove();
     }
 
     /** The class-name entry of {@code command} in ImageJ's command table. */
@@ -135,14 +147,15 @@ public class DeepSegCommand implements PlugIn {
 
     /**
      * Reports a failed command the ImageJ way: a running macro is aborted with the message (the
-     * macro runner reads it back); with a display the message is shown. Headless and outside a
-     * macro, the Python caller reads it with {@link #takeLastError()}.
+     * macro runner reads it back); with a display the message is shown. Headless or quiet, and
+     * outside a macro, the Python caller reads it with {@link #takeLastError()}.
      */
     static void fail(String command, String message) {
         lastError = message;
         IJ.showStatus("");
         IJ.showProgress(1.0);
-        if (Interpreter.getInstance() == null && IJ.getInstance() == null && GraphicsEnvironment.isHeadless())
+        boolean quiet = Boolean.TRUE.equals(QUIET.get()) && Interpreter.getInstance() == null;
+        if (quiet || (Interpreter.getInstance() == null && IJ.getInstance() == null && GraphicsEnvironment.isHeadless()))
             return;
         IJ.error(command, message);
     }
