@@ -14,10 +14,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 TINY_UNET = {"depth": 2, "filters": 4}
 
 
-def blob_images(count: int, shape=(48, 48), seed: int = 0):
+def blob_images(count: int, shape=(48, 48), seed: int = 0, radius=(3, 6)):
     images, labels = [], []
     for i in range(count):
-        image, label = blobs(shape, seed=seed + i, radius=(3, 6))
+        image, label = blobs(shape, seed=seed + i, radius=radius)
         dims = ("row", "col") if len(shape) == 2 else ("pln", "row", "col")
         images.append(xr.DataArray(image, dims=dims, name=f"blobs{i}",
                                    attrs={"spacing": dict(zip(dims, [0.5] * len(dims))), "unit": "um"}))
