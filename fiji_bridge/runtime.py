@@ -280,7 +280,9 @@ def _start_embedded(
     # At exit JPype destroys the JVM, which waits for non-daemon threads: Session.close() disposes the AWT
     # windows first (else AWT keeps the JVM, and Python, alive). Not destroying it instead crashes the
     # process when AWT threads outlive Python's finalization.
-    jpype.startJVM(str(java.libjvm), *options, classpath=[str(install.jar), str(jar)], convertStrings=False)
+    # interrupt=False: Ctrl-C reaches Python (which cancels the running command) instead of killing the JVM.
+    jpype.startJVM(str(java.libjvm), *options, classpath=[str(install.jar), str(jar)], convertStrings=False,
+                   interrupt=False)
 
 
 def _start_pyimagej(install: ImageJInstall, mode: str, heap: str | None, java: JavaInstall, jar: Path) -> object:

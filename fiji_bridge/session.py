@@ -5,11 +5,13 @@ Obtained from :func:`fiji_bridge.start`; one per process (JPype runs one JVM).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from engine.errors import InputError
 
@@ -211,10 +213,11 @@ class Session:
         self.IJ.redirectErrorMessages()  # the same for ImageJ's own error messages (to the Log instead)
         java_error = None
         try:
-            if image is not None:
-                self.IJ.run(image, command, text)
-            else:
-                self.IJ.run(command, text)
+            with self._ctrl_c_cancels():
+                if image is not None:
+                    self.IJ.run(image, command, text)
+                else:
+                    self.IJ.run(command, text)
         except Exception as err:  # a Java RuntimeException("Macro canceled") and the like
             java_error = str(err)
         finally:
@@ -251,7 +254,7 @@ class Session:
                 "arguments instead (getArgument())",
                 macro=name,
             )
-        with self._macro_lock:
+        with self._macro_lock, self._ctrl_c_cancels():
             self._begin()
             return macro_mod.run_job(
                 code, format_args(args), batch=self.mode != "gui" if batch is None else batch,
@@ -261,6 +264,26 @@ class Session:
     def cancel(self) -> None:
         """Ask the running command or macro to stop (like Esc in ImageJ); safe from any thread."""
         self._cancel.set()
+
+    @contextlib.contextmanager
+    def _ctrl_c_cancels(self) -> Iterator[None]:
+        """While a command or macro runs, the first Ctrl-C cancels it cleanly (the engine stops at its
+        next progress report and raises Cancelled); a second one raises KeyboardInterrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            if self._cancel.is_set():
+                raise KeyboardInterrupt
+            log.warning("cancelling (Ctrl-C again to interrupt)")
+            self.cancel()
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def cancelled(self) -> bool:
         """True once cancel() was called, Esc was pressed in ImageJ, or the command's thread was interrupted."""

@@ -375,3 +375,43 @@ def test_cli_macro_headless_in_a_fresh_process(tiny_model, blob, tmp_path):
     result = run_python(["-m", "engine.cli", "macro", str(bad)], env={"DISPLAY": ""})
     assert result.returncode == 1
     assert "bad.ijm: Undefined variable in line 2" in result.stderr
+
+
+def test_ctrl_c_cancels_a_running_command_cleanly(tmp_path):
+    """First Ctrl-C: the engine stops at its next progress report and Cancelled is raised (no dead JVM)."""
+    import signal
+    import subprocess
+    import sys
+
+    from bridge_fixtures import ROOT
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        "import fiji_bridge\n"
+        "from engine.errors import Cancelled\n"
+        "s = fiji_bridge.start()\n"
+        "rng = np.random.default_rng(0)\n"
+        "image = s.to_imageplus(rng.random((48, 48)).astype(np.float32), 'img')\n"
+        f"labels = r'{tmp_path / 'labels.tif'}'\n"
+        "from engine.io import write_labels\n"
+        "write_labels(labels, (rng.random((48, 48)) > 0.5).astype(np.uint8), axes='YX')\n"
+        "s.progress_callback = lambda p: print('progress', flush=True)\n"
+        "try:\n"
+        f"    s.run('DeepSeg Train...', {{'labels': labels, 'out': r'{tmp_path / 'm'}', 'epochs': 500, 'steps': 20,\n"
+        "           'options': 'depth=2 filters=4', 'patch': 32, 'batch': 2, 'validation': 0}, image=image)\n"
+        "except Cancelled as err:\n"
+        "    print('cancelled:', err, flush=True)\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=ROOT)
+    try:
+        assert process.stdout.readline().strip() == "progress"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "cancelled: train cancelled after" in out
