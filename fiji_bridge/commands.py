@@ -301,7 +301,7 @@ class CommandRunner:
             out=str(Path(values["out"]).expanduser()),
             network=values["network"],
             network_options=network_options(values["options"]),
-            patch=list(values["patch"]) if values["patch"] and len(values["patch"]) > 1 else (values["patch"] or (128,))[0],
+            patch=_patch(values["patch"]),
             epochs=values["epochs"],
             batch=values["batch"],
             steps_per_epoch=values["steps"] or None,
@@ -380,6 +380,13 @@ def network_options(text: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def _patch(sizes: tuple[int, ...] | None) -> int | list[int]:
+    """The engine's ``patch``: one int for every axis, or one size per axis (None: 128)."""
+    if not sizes:
+        return 128
+    return sizes[0] if len(sizes) == 1 else list(sizes)
 
 
 def _base_title(title: Any) -> str:

@@ -217,6 +217,8 @@ def start(
         raise ValueError(f"mode={mode!r} is not one of {MODES}")
     with _lock:
         if _session is not None:
+            if memory is not None:
+                log.warning("memory=%r ignored: the JVM already runs and its heap size cannot change", memory)
             return _session.reuse(mode)
         import jpype
 

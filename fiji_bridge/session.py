@@ -149,8 +149,10 @@ class Session:
     def to_imageplus(
         self, array: "xr.DataArray | np.ndarray", title: str | None = None, *, axes: str | None = None, show: bool = False
     ) -> Any:
-        """A new ImagePlus from an array (a label-typed DataArray named like ``labels`` stays plain; see
-        :meth:`labels_to_imageplus` for the label LUT)."""
+        """A new ImagePlus from a DataArray (or a 2-D numpy array, or any array with ``axes`` such as "ZYX").
+
+        Label images get their colour table from :meth:`labels_to_imageplus` instead.
+        """
         from . import convert
 
         imp = convert.xarray_to_imageplus(array, title, axes=axes)

@@ -88,7 +88,8 @@ def test_deepseg_macro_runs_builtin_commands_with_their_options_without_a_displa
 def test_gui_session_with_windows_exits_cleanly(tmp_path):
     code = (
         "import fiji_bridge, numpy as np\n"
-        "s = fiji_bridge.start(mode='gui', virtual_display=True)\n"
+        "s = fiji_bridge.start(mode='gui', virtual_display=True, memory='1g')\n"
+        "assert 0.9 * 2**30 < s.jclass('java.lang.Runtime').getRuntime().maxMemory() <= 2**30\n"
         "imp = s.to_imageplus(np.zeros((30, 40), np.uint8), 'shown', show=True)\n"
         "s.run('Gaussian Blur...', 'sigma=2', image=imp)\n"  # starts ImageJ's filter thread pool
         "try:\n"  # an ImageJ error with its main window open: an exception, not a dialog nobody can close
