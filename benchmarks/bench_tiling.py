@@ -2,22 +2,30 @@
 
 Run by hand (not in CI); needs the ``bench`` extra (``pip install monai``)::
 
-    python benchmarks/bench_tiling.py            # 2D 2048x2048 (tile 256) and 3D 96x384x384 (tile 64x128x128)
-    python benchmarks/bench_tiling.py --quick    # small sizes, seconds
+    python benchmarks/bench_tiling.py               # 2D 2048x2048 (tile 256), 3D 96x384x384 (tile 64x128x128)
+    python benchmarks/bench_tiling.py --threads 1   # steadier timings on a machine shared with others
+    python benchmarks/bench_tiling.py --stream      # also ours streaming into a file (out= sink)
+    python benchmarks/bench_tiling.py --quick       # small sizes, one process: a smoke test
 
-Both run the same randomly initialised U-Net (``engine.networks.build("unet2d"/"unet3d")``, or a
-small U-Net defined here if the registry has none) in eval mode followed by softmax, with the same
-tile, overlap, batch size and gaussian blending. The sizes are chosen so that both place tiles
-identically. Each measurement runs in its own subprocess, so that peak memory (``ru_maxrss``: the
-largest resident set the process ever had, including torch, the network and the input) belongs to
-one method alone; runs alternate between the methods and the fastest of ``--repeats`` is shown.
-Before timing, each process runs one batch through the network, so one-off start-up costs (thread
-pools, oneDNN kernels) are paid by neither method's timing.
+Both methods run the same randomly initialised U-Net (``engine.networks.build("unet2d"/"unet3d")``,
+or a small U-Net defined here if the registry has none) in eval mode followed by softmax, with the
+same tile, overlap, batch size and gaussian blending, on the same float32 input. The sizes are
+chosen so that both place the same tiles (checked). Each measurement runs in its own subprocess and
+the runs alternate between methods; the fastest of ``--repeats`` is shown. Before timing, each
+process runs one batch through the network, so one-off costs (thread pools, oneDNN kernels) are
+paid by neither method.
 
-"max |diff|" compares the two outputs voxel by voxel. By default MONAI gets our importance map
-(``roi_weight_map``) so the comparison is of tiling and stitching alone: MONAI's own gaussian map
-floors weights at 1e-3 where ours (nnU-Net's) keeps the true tiny edge weights, which alone changes
-results by ~1e-3 where tile corners overlap. ``--monai-weights own`` uses MONAI's map instead.
+Memory: ``peak MiB`` is the process's ``ru_maxrss`` (largest resident set ever: Python, torch,
+MONAI, the network, the input and the activations of a batch). ``+rise`` is how much prediction
+raised it above the level reached after the warm-up batch, i.e. roughly the buffers each method adds
+to what the network itself needs: output and weight sums for MONAI (both full size); output and a
+slab of weight sums for ours; only slabs for ``ours-stream``, which writes finished planes to a raw
+file through a minimal ``out=`` sink (page cache, not resident memory of the process).
+
+``max |diff|`` compares each output with MONAI's voxel by voxel. By default MONAI gets our importance
+map (``roi_weight_map``), so the comparison is of tile placement and stitching alone: MONAI's own
+gaussian map floors weights at 1e-3, where ours (nnU-Net's) keeps the true small edge weights, which
+changes results where tile edges overlap. ``--monai-weights own`` uses MONAI's map instead.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +54,7 @@ QUICK = {
     "2d": dict(shape=(320, 320), tile=(128, 128)),
     "3d": dict(shape=(40, 96, 96), tile=(32, 64, 64)),
 }
+METHODS = ("ours", "monai", "ours-stream")
 
 
 # -------------------------------------------------------------------------------- network and input
@@ -62,11 +72,11 @@ def build_network(dims: int, *, filters: int, depth: int, classes: int):
         net = build(f"unet{dims}d", in_channels=1, classes=classes, depth=depth, filters=filters)
     except Exception as error:  # the registry may not have U-Nets yet
         print(f"engine.networks.build failed ({error}); using the benchmark's own U-Net", file=sys.stderr)
-        net = SmallUNet(dims, filters=filters, depth=depth, classes=classes)
+        net = small_unet(dims, filters=filters, depth=depth, classes=classes)
     return nn.Sequential(net, nn.Softmax(dim=1)).eval()
 
 
-def SmallUNet(dims: int, *, filters: int, depth: int, classes: int):
+def small_unet(dims: int, *, filters: int, depth: int, classes: int):
     """A plain U-Net: two conv-BN-ReLU per level, max-pool down, transposed conv up."""
     import torch
     from torch import nn
@@ -109,44 +119,68 @@ def make_input(shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(1).standard_normal((1, *shape), dtype=np.float32)
 
 
-# ------------------------------------------------------------------------------------------ worker
+class RawFileSink:
+    """A minimal ``out=`` sink: ``sink[:, a:b] = planes`` writes to a raw C-order float32 file."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path, self.shape = path, shape
+        self.plane = int(np.prod(shape[2:], dtype=np.int64)) * 4
+        with open(path, "wb") as f:
+            f.truncate(int(np.prod(shape, dtype=np.int64)) * 4)
+
+    def __setitem__(self, key: tuple[slice, slice], value: np.ndarray) -> None:
+        first = key[1].start or 0
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        with open(self.path, "r+b") as f:
+            for k in range(self.shape[0]):
+                f.seek((k * self.shape[1] + first) * self.plane)
+                f.write(value[k].tobytes())
+
+    def read(self) -> np.ndarray:
+        return np.fromfile(self.path, dtype=np.float32).reshape(self.shape)
+
+
+# ------------------------------------------------------------------------------------------ measure
 
 
 class Setup:
     """Network, input and MONAI's weight map for one case, built once per process."""
 
-    def __init__(self, shape: tuple[int, ...], tile: tuple[int, ...], args: argparse.Namespace) -> None:
+    def __init__(self, case: dict, args: argparse.Namespace, folder: Path) -> None:
         import torch
 
         from engine.tiling import blend_weights
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        self.shape, self.tile, self.args = shape, tile, args
-        self.net = build_network(len(shape), filters=args.filters, depth=args.depth, classes=args.classes)
-        self.x = make_input(shape)
+        self.shape, self.tile, self.args, self.folder = tuple(case["shape"]), tuple(case["tile"]), args, folder
+        self.net = build_network(len(self.shape), filters=args.filters, depth=args.depth, classes=args.classes)
+        self.x = make_input(self.shape)
         own = args.monai_weights == "own"
-        self.monai_weights = None if own else torch.from_numpy(blend_weights(tile).copy())
+        self.monai_weights = None if own else torch.from_numpy(blend_weights(self.tile).copy())
         with torch.inference_mode():  # warm-up with the usual batch shape, outside the timing
-            self.net(torch.zeros((args.batch_size, 1, *tile)))
+            self.net(torch.zeros((args.batch_size, 1, *self.tile)))
 
-    def measure(self, method: str) -> tuple[dict, np.ndarray]:
-        """Time one prediction; returns (wall and CPU seconds, ru_maxrss before and after) and the output."""
+    def measure(self, method: str) -> tuple[dict, Any]:
+        """Time one prediction: wall and CPU seconds, ru_maxrss before and after; and the output."""
         import torch
         from monai.inferers import sliding_window_inference
 
         from engine.tiling import predict_tiled
 
         args = self.args
+        sink = None
+        if method == "ours-stream":
+            sink = RawFileSink(self.folder / "stream.raw", (args.classes, *self.shape))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start, cpu = time.perf_counter(), time.process_time()
-        if method == "ours":
-            y = predict_tiled(self.net, self.x, self.tile, args.overlap, "gaussian", args.batch_size)
-        else:
+        if method == "monai":
             with torch.inference_mode():
                 y = sliding_window_inference(torch.from_numpy(self.x)[None], self.tile, args.batch_size, self.net,
                                              args.overlap, mode="gaussian", roi_weight_map=self.monai_weights)
             y = y[0].numpy()
+        else:
+            y = predict_tiled(self.net, self.x, self.tile, args.overlap, "gaussian", args.batch_size, out=sink)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"seconds": seconds, "cpu": cpu, "peak_kib": peak, "before_kib": before}, y
@@ -154,16 +188,18 @@ class Setup:
 
 def worker(args: argparse.Namespace) -> None:
     """One timed prediction in this process; prints a JSON line, saves the output to ``--save``."""
-    import monai.inferers  # noqa: F401  (imported by both methods, so both baselines match)
+    import monai.inferers  # noqa: F401  (imported for every method, so the baselines match)
 
-    setup = Setup(tuple(args.shape), tuple(args.tile), args)
-    result, y = setup.measure(args.worker)
+    case = dict(shape=tuple(args.shape), tile=tuple(args.tile))
+    result, y = Setup(case, args, Path(args.save).parent).measure(args.worker)
+    if not isinstance(y, np.ndarray):
+        y = y.read()
     np.save(args.save, y)
     print(json.dumps(result))
 
 
-def run_worker(method: str, case: dict, args: argparse.Namespace, save: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", method, "--save", str(save),
+def run_worker(method: str, case: dict, args: argparse.Namespace, folder: Path) -> dict:
+    command = [sys.executable, __file__, "--worker", method, "--save", str(folder / f"{method}.npy"),
                "--shape", *map(str, case["shape"]), "--tile", *map(str, case["tile"]),
                "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
                "--filters", str(args.filters), "--depth", str(args.depth), "--classes", str(args.classes),
@@ -174,23 +210,25 @@ def run_worker(method: str, case: dict, args: argparse.Namespace, save: Path) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_case(case: dict, args: argparse.Namespace, folder: Path) -> tuple[dict, dict, float]:
-    """Best-of-``repeats`` results of both methods (alternating) and the max |difference|."""
-    setup = Setup(tuple(case["shape"]), tuple(case["tile"]), args) if args.in_process else None
+def run_case(case: dict, methods: list[str], args: argparse.Namespace, folder: Path) -> dict[str, dict]:
+    """Best-of-``repeats`` result of each method (runs alternate), with ``diff`` against MONAI."""
+    setup = Setup(case, args, folder) if args.in_process else None
     best: dict[str, dict] = {}
     outputs: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
-        for method in ("ours", "monai"):
+        for method in methods:
             if setup is not None:
-                result, outputs[method] = setup.measure(method)
+                result, y = setup.measure(method)
+                outputs[method] = y if isinstance(y, np.ndarray) else y.read()
             else:
-                result = run_worker(method, case, args, folder / f"{method}.npy")
+                result = run_worker(method, case, args, folder)
             old = best.get(method)
             best[method] = result if old is None or result["seconds"] < old["seconds"] else old
     if setup is None:
-        outputs = {m: np.load(folder / f"{m}.npy") for m in ("ours", "monai")}
-    diff = float(np.abs(outputs["ours"] - outputs["monai"]).max())
-    return best["ours"], best["monai"], diff
+        outputs = {m: np.load(folder / f"{m}.npy") for m in methods}
+    for method in methods:
+        best[method]["diff"] = float(np.abs(outputs[method] - outputs["monai"]).max())
+    return best
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -214,11 +252,11 @@ def check_same_placement(case: dict, overlap: float) -> int:
     return len(ours)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (seconds): a smoke test")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run, one process: a smoke test")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method (fastest is shown)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per method (the fastest is shown)")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--filters", type=int, default=16, help="U-Net first-level filters")
@@ -227,45 +265,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--monai-weights", choices=("ours", "own"), default="ours",
                         help="importance map MONAI uses: ours (compare stitching alone) or MONAI's own")
+    parser.add_argument("--stream", action="store_true", help="also run ours writing into a file sink (out=)")
     parser.add_argument("--in-process", action="store_true",
-                        help="run both methods in this process (faster start; peak memory is then shared)")
-    parser.add_argument("--worker", choices=("ours", "monai"), help=argparse.SUPPRESS)
+                        help="run all methods in this process (faster start; peak memory is then shared)")
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.in_process = 1, True
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
         return worker(args)
-    if args.quick:
-        args.repeats, args.in_process = min(args.repeats, 1), True
     table = QUICK if args.quick else CASES
+    methods = ["ours", "monai"] + (["ours-stream"] if args.stream else [])
     print(f"torch threads: {args.threads or 'default'}, U-Net depth {args.depth} filters {args.filters}, "
-          f"overlap {args.overlap}, batch {args.batch_size}, gaussian, MONAI weights: {args.monai_weights}")
-    header = ("case", "shape", "tile", "tiles", "ours s", "MONAI s", "ours/MONAI", "ours cpu s", "MONAI cpu s",
-              "ours MiB (+rise)", "MONAI MiB (+rise)", "max |diff|")
+          f"overlap {args.overlap}, batch {args.batch_size}, gaussian, MONAI weights: {args.monai_weights}, "
+          f"best of {args.repeats}")
+    header = ("case", "shape", "tile", "tiles", "method", "wall s", "vs MONAI", "cpu s", "peak MiB", "+rise",
+              "max |diff|")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tiling-") as folder:
         for name in args.cases:
             case = table[name]
             tiles = check_same_placement(case, args.overlap)
-            ours, monai, diff = run_case(case, args, Path(folder))
-            rows.append((name, "x".join(map(str, case["shape"])), "x".join(map(str, case["tile"])), str(tiles),
-                         f"{ours['seconds']:.2f}", f"{monai['seconds']:.2f}",
-                         f"{ours['seconds'] / monai['seconds']:.3f}", f"{ours['cpu']:.2f}", f"{monai['cpu']:.2f}",
-                         _mib(ours, args.in_process), _mib(monai, args.in_process), f"{diff:.2e}"))
+            results = run_case(case, methods, args, Path(folder))
+            for method in methods:
+                r = results[method]
+                peak, rise = r["peak_kib"] / 1024, (r["peak_kib"] - r["before_kib"]) / 1024
+                memory = ("n/a", "n/a") if args.in_process else (f"{peak:.0f}", f"{rise:.0f}")
+                rows.append((name, "x".join(map(str, case["shape"])), "x".join(map(str, case["tile"])), str(tiles),
+                             method, f"{r['seconds']:.2f}", f"{r['seconds'] / results['monai']['seconds']:.3f}",
+                             f"{r['cpu']:.2f}", *memory, f"{r['diff']:.2e}"))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     for row in (header, *rows):
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
-    print("MiB: peak resident set of the process (ru_maxrss); +rise: how much the prediction raised it above "
-          "the level after importing torch and MONAI, building the network, making the input and one warm-up batch."
-          if not args.in_process else "MiB: n/a, both methods ran in one process (--in-process).")
-
-
-def _mib(result: dict, shared: bool = False) -> str:
-    if shared:
-        return "n/a"
-    peak, before = result["peak_kib"] / 1024, result["before_kib"] / 1024
-    return f"{peak:.0f} (+{peak - before:.0f})"
+    if args.in_process:
+        print("peak MiB: n/a, all methods ran in one process (--in-process, --quick)")
 
 
 if __name__ == "__main__":

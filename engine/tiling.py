@@ -85,7 +85,8 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
 
 
 def _per_axis(value: Any, n: int, what: str) -> tuple:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+    """``value`` repeated ``n`` times if it is a scalar, else its ``n`` items."""
+    if np.ndim(value) == 0:
         return (value,) * n
     if len(value) != n:
         raise InputError(f"{what} {tuple(value)!r} must have {n} values, one per spatial axis")
@@ -409,9 +410,11 @@ def predict_tiled(
 
     Peak memory, besides the predictor's own: the result ``K * prod(spatial) * 4`` bytes when ``out``
     is None; a slab of ``depth * prod(spatial[1:]) * 4`` bytes for the weight sums, plus ``K`` times
-    that for the weighted sums when ``out`` is given, where ``depth`` is about one output tile plus one
-    tile step along the first axis (a few slices when predicting slice by slice); and one batch of
-    input tiles (array dtype and float32) and outputs. The first batch also measures the output
+    that for the weighted sums when ``out`` is given, where ``depth`` is one output tile along the
+    first axis plus the spread of first-axis tile starts within one batch (none when a row of tiles
+    fills whole batches, one tile step when a batch crosses into the next row; one slice per extra
+    slice in a batch when predicting slice by slice); and one batch of input tiles (array dtype and
+    float32) and outputs. The first batch also measures the output
     size; for a valid-padding predictor it is predicted a second time, with the halo.
     """
     tile, overlaps = _check_options(array, tile, overlap, blend, batch_size, pad_mode)
