@@ -1,6 +1,6 @@
 # deepseg: set-up, demo and tests on a fresh Debian/Ubuntu machine.
 #   make demo   installs everything, then trains and predicts a small demo through embedded ImageJ
-#   make test   installs everything, then runs the test suite
+#   make test   installs everything, then runs the whole test suite (make test-fast: without slow tests)
 # Installs Debian packages (Java 17, ImageJ 1.x, Xvfb) with apt and Python packages into .venv.
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ APT_PACKAGES := default-jdk-headless libij-java xvfb xauth python3-venv
 # The CPU build of torch; a looser pin may pull a multi-GB CUDA build (see README for GPUs).
 TORCH ?= torch==2.13.0
 
-.PHONY: install system python demo demo-3d test test-all bench clean
+.PHONY: install system python demo demo-3d test test-fast bench clean
 
 install: system python
 
@@ -39,13 +39,12 @@ demo-3d: install
 	$(VENV)/bin/deepseg demo --3d
 
 test: install
+	$(PY) -m pytest -q --durations=10
+
+test-fast: install
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: install
-	$(PY) -m pytest -q
-
 bench: install
-	$(PY) -m pip install -q "monai==1.6.1"
 	$(PY) benchmarks/bench_tiling.py
 	$(PY) benchmarks/bench_bridge.py
 
