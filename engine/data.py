@@ -320,7 +320,14 @@ class PatchSampler:
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One patch: ``(image (C', *patch) in the file dtype, labels (*patch) int32)``."""
-        index = int(rng.choice(len(self.samples), p=self._weights))
+        return self.sample_from(int(rng.choice(len(self.samples), p=self._weights)), rng)
+
+    def pick(self, rng: np.random.Generator) -> int:
+        """Index of a random sample, chosen in proportion to its size."""
+        return int(rng.choice(len(self.samples), p=self._weights))
+
+    def sample_from(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One patch of sample ``index`` (see :meth:`sample`)."""
         s = self.samples[index]
         shape = s.spatial_shape
         centre = None

@@ -113,14 +113,26 @@ class Batches:
 
     def __init__(self, sampler: PatchSampler, normalization: Normalization, augmentation: Augmentation,
                  output_shape: Sequence[int]) -> None:
-        self.sampler, self.normalization, self.augmentation = sampler, normalization, augmentation
+        self.sampler, self.augmentation = sampler, augmentation
         self.output_shape = tuple(output_shape)
+        self.normalization = normalization
+
+    @property
+    def normalization(self) -> Normalization:
+        return self._normalization
+
+    @normalization.setter
+    def normalization(self, value: Normalization) -> None:
+        # Per-image statistics come from the whole image, as at prediction, never from the patch.
+        self._normalization = value
+        self._per_sample = [value.image_statistics(s.image) for s in self.sampler.samples]
 
     def draw(self, batch: int, rng: np.random.Generator, *, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for _ in range(batch):
-            image, label = self.sampler.sample(rng)
-            image = self.normalization.apply(image)
+            index = self.sampler.pick(rng)
+            image, label = self.sampler.sample_from(index, rng)
+            image = self._per_sample[index].apply(image)
             if augment:
                 image, label = self.augmentation(image, label, rng)
             images.append(image)

@@ -122,6 +122,22 @@ def test_bad_training_input(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_per_image_normalization_uses_whole_image_statistics(tmp_path):
+    from engine.data import PatchSampler, make_sample
+    from engine.augment import Augmentation
+    from engine.normalization import Normalization
+    from engine.train import Batches
+
+    bright = make_sample(np.full((32, 32), 200.0) + np.arange(32), np.zeros((32, 32), np.uint8), axes="YX")
+    sampler = PatchSampler([bright], (8, 8))
+    batches = Batches(sampler, Normalization("zscore_image"), Augmentation.off(), (8, 8))
+    x, _ = batches.draw(4, np.random.default_rng(0), augment=False)
+    expected = Normalization("zscore").fit([bright.image])
+    whole = expected.apply(bright.image)
+    assert whole.min() <= float(x.min()) and float(x.max()) <= whole.max()
+    assert float(x[0].std()) < 0.6  # a patch normalised by itself would have std 1
+
+
 def test_learning_rate_schedules():
     assert lr_factor("poly", 0, 100, 0) == 1.0 and lr_factor("poly", 100, 100, 0) == 0.0
     assert lr_factor("cosine", 50, 100, 0) == pytest.approx(0.5)
