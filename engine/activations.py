@@ -1,5 +1,9 @@
 """Activations explorer (DeepMIB's "Activations Explorer"): what each layer of a network responds to.
 
+:func:`image_activations` takes the input patch from an image the way the network saw its training
+patches (normalization, patch size, the centre plane and its z-context for 2D and 2.5D networks) and
+returns the feature maps of one layer; :func:`montage` and :func:`save_activations` show and save them.
+
 >>> from engine.networks import build
 >>> net = build("unet2d", depth=1, filters=4)
 >>> "encoders.0.conv1" in list_layers(net)
@@ -11,12 +15,18 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from .model_files import LoadedModel
 
 # Leaves whose output is a feature map of their own. Norm/activation/dropout leaves are left out: inside
 # a conv-norm-act block their output is the block's output, which is listed.
@@ -112,6 +122,111 @@ def layer_activations(model: nn.Module, patch: np.ndarray, layer: str) -> np.nda
     return features[0].float().cpu().numpy()
 
 
+def _centre_position(centre: Sequence[int] | Mapping[str, int] | None, dims: Sequence[str],
+                     shape: Sequence[int]) -> list[int]:
+    """``centre`` as one pixel index per spatial dim of the image (default: the middle of each axis)."""
+    from .axes import DIM_TO_LETTER, LETTER_TO_DIM
+
+    letters = "".join(DIM_TO_LETTER[d] for d in dims)
+    if centre is None:
+        given: dict[str, object] = {}
+    elif isinstance(centre, Mapping):
+        given = {}
+        for key, value in centre.items():
+            dim = LETTER_TO_DIM.get(str(key).upper(), str(key))
+            if dim not in dims:
+                raise InputError(f"centre names axis {key!r}; the image's spatial axes are {letters}")
+            given[dim] = value
+    else:
+        values = np.asarray(centre).reshape(-1).tolist()
+        if len(values) != len(dims):
+            raise InputError(f"centre={values}: expected {len(dims)} positions, one per axis {letters}")
+        given = dict(zip(dims, values))
+    position = []
+    for dim, size in zip(dims, shape):
+        value = given.get(dim, size // 2)
+        value = value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+            raise InputError(
+                f"centre {DIM_TO_LETTER[dim]}={value!r} is not a pixel of the image: expected an integer "
+                f"in [0, {size - 1}]"
+            )
+        position.append(int(value))
+    return position
+
+
+def input_patch(
+    model: "LoadedModel | str | Path",
+    image: "xr.DataArray | np.ndarray",
+    *,
+    axes: str | None = None,
+    centre: Sequence[int] | Mapping[str, int] | None = None,
+    device: str | None = "cpu",
+) -> np.ndarray:
+    """The normalised network input ``(C, *patch)`` (float32) that :func:`image_activations` uses.
+
+    The patch has the model's training patch size and is centred on ``centre``, shifted to stay inside
+    the image where it fits (parts beyond a smaller image are mirrored, as in training). A 2D network
+    on a stack reads the plane at ``centre``'s Z; a 2.5D (``z2c_*``) network that plane and its
+    ``z_context`` neighbours stacked as channels. Normalization uses the whole image's statistics where
+    the method needs them, as prediction does.
+
+    ``centre`` is one pixel index per spatial axis of the image (Z, Y, X order) or a mapping such as
+    ``{"Z": 10}`` (axis letters or dim names; axes left out default to the middle of the image).
+    """
+    from .axes import as_image, spatial_dims
+    from .data import crop_padded, z_context_stack
+    from .model_files import load_model
+    from .predict import _check_image
+
+    model = load_model(model, device=device)
+    net = model.network
+    img = as_image(image, axes)
+    pixels = _check_image(model, img)  # channels, dimensionality, finite values; no time axis
+    dims, shape = spatial_dims(img), pixels.shape[1:]
+    position = _centre_position(centre, dims, shape)
+    patch = tuple(model.patch)
+    if len(patch) == 1:
+        patch = patch * net.spatial_dims
+    if len(patch) != net.spatial_dims:
+        raise InputError(f"model patch {list(patch)} does not have {net.spatial_dims} sizes for {net.name!r}")
+    norm = model.normalization.image_statistics(pixels)
+    planar = len(shape) > net.spatial_dims  # a 2D network on a stack: one plane (with its context)
+    inplane = list(zip(position[1:], shape[1:])) if planar else list(zip(position, shape))
+    starts = [min(max(c - p // 2, min(0, n - p)), max(0, n - p)) for (c, n), p in zip(inplane, patch)]
+    if not planar:
+        crop = crop_padded(pixels, starts, patch, channel_axis=True)
+    elif net.z_context > 1:
+        crop = z_context_stack(pixels, position[0], net.z_context, starts, patch)
+    else:
+        crop = crop_padded(pixels[:, position[0]], starts, patch, channel_axis=True)
+    return norm.apply(crop)
+
+
+def image_activations(
+    model: "LoadedModel | str | Path",
+    image: "xr.DataArray | np.ndarray",
+    layer: str,
+    *,
+    axes: str | None = None,
+    centre: Sequence[int] | Mapping[str, int] | None = None,
+    device: str | None = "cpu",
+) -> np.ndarray:
+    """Feature maps ``(F, *spatial_out)`` (float32) of ``layer`` for a patch of ``image``.
+
+    ``model`` is a model folder or a :class:`~engine.model_files.LoadedModel`; ``image`` a DataArray
+    (or numpy with ``axes`` such as ``"ZYX"``). The patch is the one :func:`input_patch` takes around
+    ``centre`` (default: the middle of the image). Unknown layer names raise InputError listing close
+    matches before the image is read.
+    """
+    from .model_files import load_model
+
+    model = load_model(model, device=device)
+    _find_layer(model.network, layer)
+    patch = input_patch(model, image, axes=axes, centre=centre)
+    return layer_activations(model.network, patch, layer)
+
+
 def _normalise(plane: np.ndarray) -> np.ndarray:
     plane = plane.astype(np.float32, copy=True)
     finite = np.isfinite(plane)
@@ -187,4 +302,4 @@ def save_activations(
     return written
 
 
-__all__ = ["list_layers", "layer_activations", "montage", "save_activations"]
+__all__ = ["list_layers", "layer_activations", "input_patch", "image_activations", "montage", "save_activations"]

@@ -225,35 +225,24 @@ def _add_activations(sub: argparse._SubParsersAction) -> None:
 
 def _activations(args: argparse.Namespace) -> int:
     from . import activations as act
-    from .axes import channel_first
+    from .errors import InputError
     from .io import read_image
     from .model_files import load_model
 
     model = load_model(args.model, device="cpu")
-    if not args.layer or not args.image:
+    if not args.layer or args.layer == "list":
         print("\n".join(act.list_layers(model.network)))
         return 0
-    pixels = channel_first(read_image(args.image, axes=args.axes))
-    net = model.network
-    if pixels.ndim - 1 > net.spatial_dims:  # 2D network on a stack: the centre plane (with its context)
-        from .data import z_context_stack
-
-        pixels = z_context_stack(pixels, pixels.shape[1] // 2, net.z_context) if net.z_context > 1 \
-            else pixels[:, pixels.shape[1] // 2]
-    patch = model.normalization.image_statistics(pixels).apply(_centre_patch(pixels, model.patch))
-    features = act.layer_activations(net, patch, args.layer)
+    if not args.image:
+        raise InputError(f"--layer {args.layer}: give the IMAGE to take the input patch from")
     out = Path(args.out or f"activations-{args.layer}.tif")
-    act.save_activations(features, tif_path=out, png_path=out.with_suffix(".png"))
-    print(f"{features.shape[0]} feature maps of layer {args.layer!r} -> {out} and {out.with_suffix('.png')}")
+    png = out.with_suffix(".png")
+    if png == out:  # --out x.png: the stack goes to x.tif
+        out = out.with_suffix(".tif")
+    features = act.image_activations(model, read_image(args.image, axes=args.axes), args.layer)
+    act.save_activations(features, tif_path=out, png_path=png)
+    print(f"{features.shape[0]} feature maps of layer {args.layer!r} -> {out} and {png}")
     return 0
-
-
-def _centre_patch(pixels: Any, patch: Sequence[int]) -> Any:
-    import numpy as np
-
-    spatial = pixels.shape[1:]
-    index = tuple(slice(max(0, (n - p) // 2), max(0, (n - p) // 2) + p) for n, p in zip(spatial, patch))
-    return np.asarray(pixels[(slice(None),) + index])
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -30,7 +30,8 @@ TRAIN = "DeepSeg Train..."
 PREDICT = "DeepSeg Predict..."
 EVALUATE = "DeepSeg Evaluate..."
 MODEL_INFO = "DeepSeg Model Info..."
-COMMANDS: tuple[str, ...] = (TRAIN, PREDICT, EVALUATE, MODEL_INFO)
+ACTIVATIONS = "DeepSeg Activations..."
+COMMANDS: tuple[str, ...] = (TRAIN, PREDICT, EVALUATE, MODEL_INFO, ACTIVATIONS)
 _DEVICE = Option("device", "string", "auto", "where to compute: auto, cpu, cuda, cuda:N or mps", label="Device")
 
 
@@ -110,6 +111,17 @@ def spec(command: str) -> CommandSpec:
                            "in the Results table.", (
             Option("model", "folder", "", "the model folder", label="Model folder", required=True),
         ))
+    if command == ACTIVATIONS:
+        return CommandSpec(ACTIVATIONS, "Show what a layer of a trained network responds to: its feature maps "
+                           "for a patch from the middle of an image, as a stack (one slice per filter) and a "
+                           "montage. Without a layer, list the layers in the Results table.", (
+            Option("model", "folder", "", "the trained model folder", label="Model folder", required=True),
+            Option("image", "image", "", "image to take the patch from: an open image's title or a file (empty: "
+                   "the active image)", label="Image"),
+            Option("layer", "string", "", "layer name (empty or 'list': list the layers)", label="Layer"),
+            Option("out", "file", "", "also save the feature maps to this TIFF file (and the montage as PNG "
+                   "beside it)", label="Out (TIFF file)"),
+        ))
     raise KeyError(f"{command!r} is not a deepseg command; expected one of {COMMANDS}")
 
 
@@ -125,7 +137,8 @@ class CommandRunner:
     def __init__(self, session: "Session") -> None:
         self.session = session
         self._models: dict[tuple[str, str, float], Any] = {}
-        self._run = {TRAIN: self.train, PREDICT: self.predict, EVALUATE: self.evaluate, MODEL_INFO: self.model_info}
+        self._run = {TRAIN: self.train, PREDICT: self.predict, EVALUATE: self.evaluate, MODEL_INFO: self.model_info,
+                     ACTIVATIONS: self.activations}
 
     def dispatch(self, command: str, options: str | None) -> str | None:
         """Entry point from ImageJ: None on success, else the error message (ImageJ shows or aborts with it)."""
@@ -356,6 +369,48 @@ class CommandRunner:
         rows = [{"key": key, "value": _text(value)} for key, value in info.items()]
         self.show_table(rows, result)
         result.info = info
+
+    def activations(self, values: dict[str, Any], result: "CommandResult") -> None:
+        from engine import activations as act
+
+        model = self.model(values["model"], "auto")
+        layer = values["layer"]
+        if not layer or layer == "list":
+            network = model.network
+            rows = [{"layer": name, "type": type(network.get_submodule(name)).__name__}
+                    for name in act.list_layers(network)]
+            self.show_table(rows, result)
+            result.info = {"model": str(model.path), "layers": [row["layer"] for row in rows]}
+            return
+        image, imp = self.image_or_path(values["image"], "image")
+        if isinstance(image, Path):
+            from engine.io import read_image
+
+            if image.is_dir():
+                raise InputError(f"image={str(image)!r} is a folder; give one image")
+            image = read_image(image)
+        features = act.image_activations(model, image, layer)
+        out = values["out"]
+        written = []
+        if out:
+            out_path = Path(out).expanduser()
+            png = out_path.with_suffix(".png")
+            tif = out_path.with_suffix(".tif") if png == out_path else out_path
+            written = act.save_activations(features, tif_path=tif, png_path=png)
+        from . import convert
+
+        base = f"{_base_title(imp.getTitle() if imp is not None else image.name)}-{layer}"
+        axes = "ZYX" if features.ndim == 3 else "TZYX"  # one slice (3D maps: one frame) per filter
+        stack = convert.xarray_to_imageplus(features, base, axes=axes)
+        for i in range(1, int(stack.getStackSize()) + 1):
+            index = i - 1 if features.ndim == 3 else (i - 1) // features.shape[1]
+            stack.getStack().setSliceLabel(f"filter {index + 1}", i)
+        self.show(stack, result)
+        grid = convert.xarray_to_imageplus(act.montage(features), f"{base}-montage")
+        grid.setDisplayRange(0.0, 1.0)
+        self.show(grid, result)
+        result.info = {"model": str(model.path), "layer": layer, "shape": list(features.shape),
+                       "files": [str(p) for p in written]}
 
 
 def network_options(text: str) -> dict[str, Any]:

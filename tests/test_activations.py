@@ -153,3 +153,100 @@ def test_save_activations_failure_leaves_nothing(tmp_path, monkeypatch):
 def test_save_activations_needs_a_destination():
     with pytest.raises(InputError):
         act.save_activations(np.zeros((2, 4, 4), np.float32))
+
+
+# ------------------------------------------------------------------------------- patches from images
+
+
+def _blob_image(shape=(48, 48), seed=7):
+    from conftest import blob_images
+
+    images, _ = blob_images(1, shape=shape, seed=seed)
+    return images[0]
+
+
+def test_image_activations_on_a_2d_image_use_a_centre_patch_and_the_model_normalization(tiny_model):
+    from engine.model_files import load_model
+
+    folder, _ = tiny_model
+    model = load_model(folder, device="cpu")
+    image = _blob_image()  # 48 x 48, the model's patch is 32 x 32
+    features = act.image_activations(folder, image, "encoders.0")
+    patch = model.normalization.apply(image.values[np.newaxis, 8:40, 8:40])
+    np.testing.assert_allclose(features, act.layer_activations(model.network, patch, "encoders.0"), atol=1e-5)
+    assert features.shape == (4, 32, 32) and features.dtype == np.float32
+    # numpy + axes, a LoadedModel, and a centre near a corner (the patch is shifted to stay inside)
+    corner = act.image_activations(model, image.values, "encoders.0", axes="YX", centre=(2, 3))
+    patch = model.normalization.apply(image.values[np.newaxis, :32, :32])
+    np.testing.assert_allclose(corner, act.layer_activations(model.network, patch, "encoders.0"), atol=1e-5)
+    # an image smaller than the patch is mirrored to the patch size, as in training
+    assert act.image_activations(model, image.values[:20, :24], "head", axes="YX").shape == (2, 32, 32)
+
+
+def test_image_activations_on_a_stack_take_the_centre_plane_or_the_chosen_one(tiny_model):
+    folder, _ = tiny_model
+    stack = np.stack([_blob_image(seed=s).values for s in (1, 2, 3)])  # ZYX; the network is 2D
+    middle = act.image_activations(folder, stack, "bottleneck", axes="ZYX")
+    np.testing.assert_allclose(middle, act.image_activations(folder, stack[1], "bottleneck", axes="YX"), atol=1e-6)
+    first = act.image_activations(folder, stack, "bottleneck", axes="ZYX", centre={"Z": 0})
+    np.testing.assert_allclose(first, act.image_activations(folder, stack[0], "bottleneck", axes="YX"), atol=1e-6)
+    assert not np.allclose(first, middle)
+
+
+def test_image_activations_of_a_2_5d_network_stack_the_z_context():
+    from engine.model_files import LoadedModel
+    from engine.normalization import Normalization
+
+    net = build("z2c_unet2d", depth=1, filters=2, z_context=3)
+    model = LoadedModel(net, {"patch": [8, 8], "classes": 2}, Normalization("zscore_image"))
+    stack = np.random.default_rng(5).normal(3.0, 2.0, size=(5, 12, 10)).astype(np.float32)
+    patch = act.input_patch(model, stack, axes="ZYX", centre={"Z": 4})
+    norm = Normalization("zscore").fit([stack[np.newaxis]])  # whole-image statistics, as prediction uses
+    expected = norm.apply(stack[[3, 4, 3], 2:10, 1:9])  # planes z-1, z, z+1; beyond the last one mirrored
+    np.testing.assert_allclose(patch, expected, rtol=1e-5, atol=1e-5)
+    features = act.image_activations(model, stack, "net.encoders.0", axes="ZYX", centre={"Z": 4})
+    np.testing.assert_allclose(features, act.layer_activations(net, expected, "net.encoders.0"), atol=1e-5)
+    with pytest.raises(InputError, match="needs a 3D stack"):
+        act.image_activations(model, stack[0], "net.encoders.0", axes="YX")
+
+
+def test_image_activations_reject_bad_layers_centres_and_images(tiny_model):
+    folder, _ = tiny_model
+    image = _blob_image()
+    with pytest.raises(InputError, match="Did you mean 'encoders.0.conv1'"):
+        act.image_activations(folder, image, "encoder.0.conv1")
+    with pytest.raises(InputError, match=r"centre Y=48 is not a pixel of the image: expected an integer in \[0, 47\]"):
+        act.image_activations(folder, image, "head", centre=(48, 0))
+    with pytest.raises(InputError, match="expected 2 positions"):
+        act.image_activations(folder, image, "head", centre=(1, 2, 3))
+    with pytest.raises(InputError, match="axis 'Z'"):
+        act.image_activations(folder, image, "head", centre={"Z": 0})
+    with pytest.raises(InputError, match="2 channel"):
+        act.image_activations(folder, np.zeros((2, 32, 32)), "head", axes="CYX")
+    with pytest.raises(InputError, match="time axis"):
+        act.image_activations(folder, np.zeros((2, 32, 32)), "head", axes="TYX")
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_lists_layers_and_writes_the_stack_and_the_montage(tiny_model, tmp_path, capsys):
+    from engine.cli import main
+    from engine.io import write_image
+
+    folder, _ = tiny_model
+    image = _blob_image()
+    path = write_image(tmp_path / "blob.tif", image)
+    assert main(["activations", str(folder)]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed[0] == "encoders.0" and "bottleneck" in listed and listed[-1] == "head"
+    out = tmp_path / "maps" / "enc.tif"
+    out.parent.mkdir()
+    assert main(["activations", str(folder), str(path), "--layer", "encoders.0.conv1", "--out", str(out)]) == 0
+    assert "4 feature maps of layer 'encoders.0.conv1'" in capsys.readouterr().out
+    expected = act.image_activations(folder, image, "encoders.0.conv1")
+    np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-6)
+    with Image.open(out.with_suffix(".png")) as png:
+        assert np.asarray(png).shape == act.montage(expected).shape
+    assert main(["activations", str(folder), str(path), "--layer", "encoder.0"]) == 2
+    assert "Did you mean 'encoders.0'" in capsys.readouterr().err

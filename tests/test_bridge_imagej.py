@@ -141,7 +141,8 @@ def test_probabilities_become_one_channel_per_class(ij):
 
 def test_commands_are_registered_headless(ij):
     assert ij.headless and ij.jclass("java.awt.GraphicsEnvironment").isHeadless()
-    assert {"DeepSeg Train...", "DeepSeg Predict...", "DeepSeg Evaluate...", "DeepSeg Model Info..."} <= set(ij.commands())
+    assert {"DeepSeg Train...", "DeepSeg Predict...", "DeepSeg Evaluate...", "DeepSeg Model Info...",
+            "DeepSeg Activations..."} <= set(ij.commands())
 
 
 def test_predict_through_ij_run_equals_the_engine(ij, tiny_model, blob):
@@ -179,6 +180,53 @@ def test_model_info_fills_the_results_table(ij, tiny_model):
     assert info["network"] == "unet2d" and info["classes"] == "2"
     table = ij.jclass("ij.measure.ResultsTable").getResultsTable()
     assert table.size() == len(result.table["key"]) and str(table.getStringValue("key", 0)) == "path"
+
+
+def test_activations_list_the_layers_in_the_results_table(ij, tiny_model):
+    from engine.activations import list_layers
+    from engine.model_files import load_model
+
+    model, _ = tiny_model
+    layers = list_layers(load_model(model, device="cpu").network)
+    for options in (f"model=[{model}]", f"model=[{model}] layer=list"):
+        result = ij.run("DeepSeg Activations...", options)
+        assert result.table["layer"] == layers and result.images == []
+        assert result.table["type"][layers.index("encoders.0.conv1.0")] == "Conv2d"
+    table = ij.jclass("ij.measure.ResultsTable").getResultsTable()
+    assert table.size() == len(layers) and str(table.getStringValue("layer", 0)) == layers[0]
+
+
+def test_activations_through_ij_run_equal_the_engine(ij, tiny_model, blob, tmp_path):
+    from engine.activations import image_activations, montage
+    from engine.io import read_image
+
+    model, _ = tiny_model
+    imp = ij.open_image(blob[0])
+    out = tmp_path / "maps" / "conv.tif"
+    out.parent.mkdir()
+    result = ij.run("DeepSeg Activations...", f"model=[{model}] layer=encoders.0.conv1 out=[{out}]", image=imp)
+    maps, grid = result.images
+    expected = image_activations(model, read_image(blob[0]), "encoders.0.conv1")
+    assert str(maps.getTitle()) == "blob-encoders.0.conv1" and maps.getBitDepth() == 32
+    assert maps.getStackSize() == 4 and str(maps.getStack().getSliceLabel(2)) == "filter 2"
+    np.testing.assert_allclose(ij.to_xarray(maps).values, expected, atol=1e-5)
+    assert str(grid.getTitle()) == "blob-encoders.0.conv1-montage" and grid.getBitDepth() == 32
+    np.testing.assert_allclose(ij.to_xarray(grid).values, montage(expected), atol=1e-5)
+    import tifffile
+
+    np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-5)
+    assert out.with_suffix(".png").is_file() and result.info["files"] == [str(out), str(out.with_suffix(".png"))]
+    # a file path instead of an open image gives the same maps
+    by_path = ij.run("DeepSeg Activations...", f"model=[{model}] image=[{blob[0]}] layer=encoders.0.conv1").images[0]
+    np.testing.assert_array_equal(ij.to_xarray(by_path).values, ij.to_xarray(maps).values)
+
+
+def test_activations_bad_layer_lists_close_matches(ij, tiny_model, blob):
+    model, _ = tiny_model
+    with pytest.raises(InputError, match=r"unknown layer 'encoder.0.conv1'\. Did you mean 'encoders.0.conv1'"):
+        ij.run("DeepSeg Activations...", f"model=[{model}] image=[{blob[0]}] layer=encoder.0.conv1")
+    with pytest.raises(MacroError, match=r"unknown layer 'decoder'.*Did you mean .*'decoders.0'.* in line 1"):
+        ij.run_macro(f'run("DeepSeg Activations...", "model=[{model}] image=[{blob[0]}] layer=decoder");')
 
 
 def test_evaluate_equals_the_engine(ij, tiny_model, blob, tmp_path):
