@@ -42,10 +42,11 @@ def test_train_writes_the_resolved_configuration(trained):
 def test_info(trained, capsys):
     assert main(["info", str(trained)]) == 0
     text = capsys.readouterr().out
-    assert "unet2d" in text and "bg, blob" in text and "parameters" in text
+    assert "unet2d" in text and "bg, blob" in text and "parameters" in text and "receptive" in text
     assert main(["info", str(trained), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["classes"] == 2 and info["parameters"] > 0 and info["training"]["epochs"] == 2
+    assert all(r > 1 for r in info["receptive_field"])
 
 
 def test_predict_then_evaluate(trained, dataset, tmp_path, capsys):

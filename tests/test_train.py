@@ -107,6 +107,38 @@ def test_transfer_learning_with_new_classes_and_frozen_encoder(tmp_path, tiny_mo
     assert result.network.classes == 3
 
 
+def test_frozen_encoder_keeps_its_weights(tmp_path, tiny_model):
+    out, _ = tiny_model
+    images, labels = blob_images(2)
+    result = train(images=images, labels=labels, out=str(tmp_path / "f"), epochs=1, init_from=str(out),
+                   freeze_encoder=True, optimizer="sgd", lr=0.01, **{k: v for k, v in SMALL.items()})
+    from engine.model_files import load_model
+
+    donor = load_model(out, device="cpu").network.state_dict()  # init_from takes the kept ("best") weights
+    state = result.network.state_dict()
+    encoder = [k for k in state if k.startswith("encoder") and k.endswith("weight")]
+    decoder = [k for k in state if k.startswith("decoder") and k.endswith("weight")]
+    assert encoder and decoder
+    for key in encoder:
+        torch.testing.assert_close(state[key], donor[key], rtol=0, atol=0)
+    assert any(not torch.equal(state[k], donor[k]) for k in decoder)
+
+
+def test_deepmib_folder_layout_with_masks(tmp_path):
+    from engine.io import write_image, write_labels
+
+    images, labels = blob_images(2)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        write_image(tmp_path / "train" / "Images" / f"a{i}.tif", image)
+        write_labels(tmp_path / "train" / "Labels" / f"a{i}.tif", label, axes="YX")
+        mask = np.zeros_like(label)
+        mask[:, :24] = 1  # only the left half is annotated
+        write_labels(tmp_path / "train" / "Masks" / f"a{i}.tif", mask, axes="YX")
+    result = train(images=str(tmp_path / "train"), out=str(tmp_path / "m"), epochs=1, **SMALL)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["data"] == ["a0.tif", "a1.tif"]
+    assert np.isfinite(result.final_metrics["loss"])
+
+
 def test_bad_training_input(tmp_path):
     with pytest.raises(InputError, match="training set is empty"):
         train(images=[], labels=[], out=str(tmp_path / "x"), **SMALL)
