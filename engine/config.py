@@ -24,7 +24,9 @@ class TrainConfig:
 
     ``images``/``labels``/``masks``: a file, a folder of files (paired by sorted name), or, for
     ``images`` only, a DeepMIB-style training folder holding ``Images/``, ``Labels/`` and optional
-    ``Masks/``. ``patch``: spatial patch size (an int is used for every axis). ``classes``: number of
+    ``Masks/``. ``patch``: spatial patch size (an int is used for every axis; ``None`` derives it from
+    the data: up to 256 px in 2D, about a million voxels in 3D shaped by the voxel size, never larger
+    than the images). ``batch``: ``None`` is 4 for 2D and 2 for 3D networks. ``classes``: number of
     classes including background (``None``: max label + 1). ``ignore_label``: a label value meaning
     "not annotated" (e.g. 0 when users paint every class with 1..K and leave the rest 0).
     ``steps_per_epoch``: ``None`` covers the training voxels about once per epoch (at most 250 steps).
@@ -37,12 +39,12 @@ class TrainConfig:
     out: str = "model"
     network: str = "unet2d"
     network_options: dict[str, Any] = field(default_factory=dict)
-    patch: int | list[int] = 128
+    patch: int | list[int] | None = None
     classes: int | None = None
     class_names: list[str] | None = None
     ignore_label: int | None = None
     epochs: int = 50
-    batch: int = 4
+    batch: int | None = None
     steps_per_epoch: int | None = None
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -85,7 +87,7 @@ class TrainConfig:
         choice("normalization", NORMALIZATIONS)
         choice("select", SELECT)
         for name in ("epochs", "batch"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise InputError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
             raise InputError(f"steps_per_epoch={self.steps_per_epoch!r}: expected >= 1 or None")
@@ -95,8 +97,8 @@ class TrainConfig:
             raise InputError(f"validation_fraction={self.validation_fraction!r}: expected 0 <= f < 1")
         if not 0.0 <= float(self.foreground_oversampling) <= 1.0:
             raise InputError(f"foreground_oversampling={self.foreground_oversampling!r}: expected 0..1")
-        patch = [self.patch] if isinstance(self.patch, int) else list(self.patch)
-        if not patch or any(int(p) < 1 for p in patch):
+        patch = [] if self.patch is None else [self.patch] if isinstance(self.patch, int) else list(self.patch)
+        if self.patch is not None and (not patch or any(int(p) < 1 for p in patch)):
             raise InputError(f"patch={self.patch!r}: expected positive sizes, e.g. 128 or [32, 128, 128]")
         if self.classes is not None and int(self.classes) < 2:
             raise InputError(f"classes={self.classes!r}: expected >= 2 (background counts as a class)")
@@ -108,8 +110,10 @@ class TrainConfig:
         if self.device not in ("auto", "cpu") and not str(self.device).startswith(("cuda", "mps")):
             raise InputError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
-    def patch_size(self, spatial_dims: int) -> tuple[int, ...]:
-        """The patch as a tuple with ``spatial_dims`` entries."""
+    def patch_size(self, spatial_dims: int) -> tuple[int, ...] | None:
+        """The patch as a tuple with ``spatial_dims`` entries (None: derive it from the data)."""
+        if self.patch is None:
+            return None
         if isinstance(self.patch, int):
             return (int(self.patch),) * spatial_dims
         patch = tuple(int(p) for p in self.patch)

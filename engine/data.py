@@ -217,6 +217,27 @@ def samples_from_arrays(
     ]
 
 
+def auto_patch(samples: Sequence[Sample], spatial_dims: int) -> tuple[int, ...]:
+    """A patch size derived from the data, as nnU-Net does: 2D up to 256 px per axis; 3D about
+    2^20 voxels, each axis proportional to 1 / voxel size (isotropic in physical units); never
+    larger than the smallest image along an axis (but at least 16 px, or 8 planes in Z)."""
+    extents = np.min([s.spatial_shape[-spatial_dims:] for s in samples], axis=0)
+    if spatial_dims == 2:
+        wanted = np.full(2, 256.0)
+    else:
+        dims = samples[0].dims[-3:]
+        spacing = np.array([samples[0].spacing.get(d, 1.0) for d in dims], dtype=np.float64)
+        wanted = (2.0**20 * np.prod(spacing)) ** (1 / 3) / spacing
+        for _ in range(3):  # axes capped by the image give their share of the budget to the others
+            capped = np.minimum(wanted, extents)
+            free = wanted <= extents
+            if free.all() or not free.any():
+                break
+            wanted = np.where(free, wanted * (2.0**20 / np.prod(capped)) ** (1 / free.sum()), capped)
+    floor = np.array([8] + [16] * (spatial_dims - 1)) if spatial_dims == 3 else np.array([16, 16])
+    return tuple(int(max(f, min(w, e))) for w, e, f in zip(wanted, extents, floor))
+
+
 # ------------------------------------------------------------------------------------- validation
 def check_classes(samples: Sequence[Sample], classes: int | None) -> int:
     """Return the class count (inferred as max label + 1 when ``classes`` is None) after checking labels."""

@@ -29,7 +29,8 @@ import xarray as xr
 from .augment import Augmentation
 from .axes import DIM_TO_LETTER
 from .config import TrainConfig
-from .data import PatchSampler, Sample, check_classes, load_samples, samples_from_arrays, split_validation
+from .data import (PatchSampler, Sample, auto_patch, check_classes, load_samples, samples_from_arrays,
+                   split_validation)
 from .errors import InputError, ModelFileError
 from .fileutil import atomic_path
 from .losses import IGNORE_INDEX, SegmentationLoss, class_weights_from_counts
@@ -291,7 +292,8 @@ def train(
     random.seed(config.seed)
     network = build(config.network, in_channels=channels.pop(), classes=classes, **config.network_options)
     z_context = int(getattr(network, "z_context", 1))
-    patch = network.valid_input_shape(config.patch_size(network.spatial_dims))
+    patch = network.valid_input_shape(config.patch_size(network.spatial_dims) or auto_patch(samples, network.spatial_dims))
+    config = config.replace(patch=list(patch), batch=config.batch or (4 if network.spatial_dims == 2 else 2))
     output_shape = network.output_shape(patch)
 
     train_samples, val_samples = split_validation(samples, config.validation_fraction, config.seed)

@@ -158,3 +158,20 @@ def test_config_validation_messages():
         TrainConfig(network="unet3d", patch=[32, 32]).patch_size(3)
     with pytest.raises(InputError, match="unknown training option"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_auto_patch_follows_the_data():
+    from engine.data import auto_patch
+
+    big2d = make_sample(np.zeros((1000, 700)), np.zeros((1000, 700), np.uint8), axes="YX")
+    small2d = make_sample(np.zeros((100, 700)), np.zeros((100, 700), np.uint8), axes="YX")
+    assert auto_patch([big2d], 2) == (256, 256)
+    assert auto_patch([big2d, small2d], 2) == (100, 256)
+    aniso = make_sample(xr.DataArray(np.zeros((200, 400, 400), np.uint8), dims=("pln", "row", "col"),
+                                     attrs={"spacing": {"pln": 3.0, "row": 1.0, "col": 1.0}}),
+                        np.zeros((200, 400, 400), np.uint8))
+    z, y, x = auto_patch([aniso], 3)
+    assert y == x and 2.5 < y / z < 3.5 and 0.8e6 < z * y * x < 1.2e6
+    thin = make_sample(np.zeros((12, 400, 400)), np.zeros((12, 400, 400), np.uint8), axes="ZYX")
+    z, y, x = auto_patch([thin], 3)
+    assert z == 12 and y == x and 0.8e6 < z * y * x < 1.2e6  # Z capped: Y and X take its share
