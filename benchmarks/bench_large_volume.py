@@ -56,7 +56,7 @@ def run_ours(volume: str, model: str, out: str) -> dict:
     from engine.predict import predict_file
 
     began = time.perf_counter()
-    predict_file(model, volume, out, tile=TILE, overlap=0.25, device="cpu")
+    predict_file(model, volume, out, tile=TILE, overlap=0.25, batch_size=4, device="cpu")
     return {"seconds": time.perf_counter() - began}
 
 
