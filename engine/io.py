@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ElementTree
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -436,6 +436,32 @@ def write_image(
     else:
         _write_tiff(path, image, ome=False, compression=compression, lut=lut_table)
     return path
+
+
+def create_tiff_memmap(
+    path: str | Path,
+    dims: Sequence[str],
+    shape: Sequence[int],
+    dtype: Any = np.float32,
+    *,
+    spacing: Mapping[str, float] | None = None,
+    unit: str | None = None,
+) -> np.ndarray:
+    """Create an uncompressed ImageJ hyperstack TIFF at ``path`` and return it memory-mapped.
+
+    ``dims``/``shape`` describe the array in any order of deepseg dims; the returned array has ImageJ's
+    order (t, pln, ch, row, col) restricted to ``dims``. Used to stream results larger than memory
+    straight into their file; callers write to a temporary path and rename (see ``atomic_path``).
+    """
+    import tifffile
+
+    sizes = dict(zip(dims, (int(n) for n in shape)))
+    order = tuple(d for d in DIMS if d in sizes)
+    spacing = {d: float(v) for d, v in (spacing or {}).items() if d in sizes}
+    template = xr.DataArray(np.empty((0,) * len(order), dtype), dims=order)
+    options = _imagej_options(axes_from_dims(order), spacing, unit, None, template.data, template)
+    return tifffile.memmap(str(path), shape=tuple(sizes[d] for d in order), dtype=np.dtype(dtype),
+                           imagej=True, photometric="minisblack", **options)
 
 
 def write_labels(

@@ -117,7 +117,10 @@ class Normalization:
 
 
 def _sample_voxels(image: np.ndarray) -> np.ndarray:
-    """Up to ``_SAMPLE_PER_IMAGE`` voxels per channel, taken with a regular stride (works on memmaps)."""
-    flat = image.reshape(image.shape[0], -1)
-    step = max(1, flat.shape[1] // _SAMPLE_PER_IMAGE)
-    return np.asarray(flat[:, ::step], dtype=np.float64)
+    """About ``_SAMPLE_PER_IMAGE`` voxels per channel on a regular grid, ``(C, n)`` float64.
+
+    Strides per axis (not a reshape) so a transposed memory map is read, never copied whole."""
+    spatial = image.shape[1:]
+    step = max(1, int(np.ceil((np.prod(spatial) / _SAMPLE_PER_IMAGE) ** (1 / max(len(spatial), 1)))))
+    grid = np.asarray(image[(slice(None),) + (slice(None, None, step),) * len(spatial)], dtype=np.float64)
+    return grid.reshape(image.shape[0], -1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -187,7 +188,8 @@ def predict_file(
     are computed slab by slab. Outputs appear only when complete (written under temporary names).
     Returns a summary dict (paths, shape, class voxel counts).
     """
-    from .io import read_image, write_image, write_labels
+    from .fileutil import atomic_path
+    from .io import create_tiff_memmap, read_image, write_image, write_labels
 
     model = load_model(model, device=device)
     img = read_image(input_path, axes=axes, mmap=True)
@@ -201,30 +203,34 @@ def predict_file(
     pixels = _check_image(model, img)
     spatial = pixels.shape[1:]
     classes = model.classes
-    prob_bytes = 4 * classes * int(np.prod(spatial))
-    temp_dir = None
-    try:
-        if probabilities_path is not None or prob_bytes > _IN_MEMORY_BYTES:
-            temp_dir = tempfile.mkdtemp(prefix="deepseg-", dir=Path(labels_path).parent if probabilities_path is None else Path(probabilities_path).parent)
-            probs_store = np.lib.format.open_memmap(os.path.join(temp_dir, "probabilities.npy"), mode="w+",
-                                                     dtype=np.float32, shape=(classes,) + spatial)
+    dims = spatial_dims(img)
+    run = dict(tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, progress=progress)
+    for target in (labels_path, probabilities_path):
+        if target is not None:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if probabilities_path is not None:
+            # Stream straight into the final ImageJ hyperstack (one channel per class) on disk.
+            tmp = stack.enter_context(atomic_path(probabilities_path))
+            store = create_tiff_memmap(tmp, ("ch",) + dims, (classes,) + spatial, np.float32,
+                                       spacing=img.attrs.get("spacing"), unit=img.attrs.get("unit"))
+            out = np.moveaxis(store, 1, 0) if "pln" in dims else store  # ImageJ order is (pln, ch, ...)
+        elif 4 * classes * int(np.prod(spatial)) > _IN_MEMORY_BYTES:
+            temp_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="deepseg-", dir=Path(labels_path).parent))
+            out = np.lib.format.open_memmap(os.path.join(temp_dir, "probabilities.npy"), mode="w+",
+                                            dtype=np.float32, shape=(classes,) + spatial)
         else:
-            probs_store = None
-        probs = _probabilities(model, pixels, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
-                               tta=tta, out=probs_store, progress=progress)
+            out = None
+        probs = _probabilities(model, pixels, out=out, **run)
         labels = np.empty(spatial, dtype=label_dtype(classes))
         step = max(1, int(64 * 2**20 // max(1, 4 * classes * int(np.prod(spatial[1:])))))
         for start in range(0, spatial[0], step):
             labels[start:start + step] = np.asarray(probs[:, start:start + step]).argmax(0)
+        if probabilities_path is not None:
+            store.flush()
+            del out, probs, store
         counts = np.bincount(labels.ravel(), minlength=classes)
         write_labels(labels_path, like(labels, img, name="labels"))
-        if probabilities_path is not None:
-            write_image(probabilities_path, like(probs, img, channel_dim="ch", name="probabilities"))
-    finally:
-        if temp_dir is not None:
-            import shutil
-
-            shutil.rmtree(temp_dir, ignore_errors=True)
     return {
         "labels": str(labels_path),
         "probabilities": str(probabilities_path) if probabilities_path else None,

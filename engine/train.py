@@ -394,7 +394,7 @@ def train(
             row.update(evaluate_batches(network, validation, loss_fn, classes, device, use_amp))
             report(progress, Progress("validate", epoch + 1, config.epochs, "", row))
         history.append(row)
-        improved = _is_better(row, best)
+        improved = _is_better(row, best, bool(validation))
         if improved:
             best = {k: row[k] for k in ("epoch", "val_dice", "val_loss", "dice", "loss") if k in row}
         cfg["training"].update({"epochs": epoch + 1, "steps_per_epoch": steps, "final": row, "best": best,
@@ -412,7 +412,10 @@ def train(
     return TrainResult(out, history, final, network)
 
 
-def _is_better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+def _is_better(row: dict[str, Any], best: dict[str, Any] | None, validating: bool) -> bool:
+    """Whether this epoch's network should replace the kept one."""
+    if validating and "val_loss" not in row:
+        return best is None  # an epoch without validation never replaces a validated network
     if best is None:
         return True
     if "val_dice" in row and np.isfinite(row["val_dice"]) and best.get("val_dice") is not None:

@@ -72,9 +72,9 @@ def spec(command: str) -> CommandSpec:
             Option("network", "choice", "unet2d", "network architecture", label="Network",
                    choices=tuple(list_networks())),
             Option("options", "string", "", "network options, e.g. depth=3 filters=16", label="Options"),
-            Option("patch", "size", (128,), "training patch size", label="Patch size"),
+            Option("patch", "size", None, "training patch size (0: derived from the data)", label="Patch size"),
             Option("epochs", "int", 50, "passes over the training data", label="Epochs", minimum=1),
-            Option("batch", "int", 4, "patches per step", label="Batch size", minimum=1),
+            Option("batch", "int", 0, "patches per step (0: 4 in 2D, 2 in 3D)", label="Batch size", minimum=0),
             Option("steps", "int", 0, "steps per epoch (0: about one pass over the data)", label="Steps per epoch",
                    minimum=0),
             Option("classes", "int", 0, "number of classes incl. background (0: largest label + 1)", label="Classes",
@@ -316,7 +316,7 @@ class CommandRunner:
             network_options=network_options(values["options"]),
             patch=_patch(values["patch"]),
             epochs=values["epochs"],
-            batch=values["batch"],
+            batch=values["batch"] or None,
             steps_per_epoch=values["steps"] or None,
             classes=values["classes"] or None,
             class_names=names,
@@ -437,10 +437,10 @@ def network_options(text: str) -> dict[str, Any]:
     return options
 
 
-def _patch(sizes: tuple[int, ...] | None) -> int | list[int]:
-    """The engine's ``patch``: one int for every axis, or one size per axis (None: 128)."""
-    if not sizes:
-        return 128
+def _patch(sizes: tuple[int, ...] | None) -> int | list[int] | None:
+    """The engine's ``patch``: one int for every axis, or one size per axis (None/0: from the data)."""
+    if not sizes or sizes == (0,):
+        return None
     return sizes[0] if len(sizes) == 1 else list(sizes)
 
 

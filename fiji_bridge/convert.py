@@ -79,6 +79,10 @@ def imageplus_to_xarray(imp: Any) -> xr.DataArray:
             )
         pixels = _unpack_rgb(pixels[:, :, 0])  # (t, pln, 3, row, col)
         attrs["rgb"] = True
+    elif dtype == np.uint16 and bool(imp.getCalibration().isSigned16Bit()):
+        # ImageJ keeps signed 16-bit data (e.g. CT in Hounsfield units) as value + 32768 with a
+        # calibration function; give the engine the true int16 values, as engine.io.read_image does.
+        pixels = (pixels.view(np.int16) ^ np.int16(-32768)).view(np.int16)
     keep = [i for i, (d, n) in enumerate(zip(dims, pixels.shape)) if d in ("row", "col") or n > 1]
     pixels = pixels.reshape([pixels.shape[i] for i in keep])
     return xr.DataArray(pixels, dims=[dims[i] for i in keep], attrs=attrs, name=str(imp.getTitle()))
@@ -164,6 +168,9 @@ def xarray_to_imageplus(
     if rgb:
         values = _pack_rgb(values)[:, :, np.newaxis]
         bit_depth = 24
+    elif values.dtype == np.int16:
+        values = (values ^ np.int16(-32768)).view(np.uint16)  # ImageJ's signed 16-bit: value + 32768
+        bit_depth = 16
     else:
         values = _imagej_pixels(values, f"image {title!r}")
         bit_depth = _BIT_DEPTH[values.dtype]
@@ -188,6 +195,8 @@ def xarray_to_imageplus(
         CompositeImage = _j("ij.CompositeImage")
         imp = CompositeImage(imp, CompositeImage.GRAYSCALE)
     apply_calibration(imp, image.attrs, calibration)
+    if image.dtype == np.int16 and not rgb:
+        imp.getCalibration().setSigned16BitCalibration()
     return imp
 
 

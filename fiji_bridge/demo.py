@@ -16,9 +16,10 @@ def train_options(config: Any) -> dict[str, Any]:
         "out": config.out,
         "network": config.network,
         "options": " ".join(f"{k}={v}" for k, v in (config.network_options or {}).items()),
-        "patch": config.patch if isinstance(config.patch, int) else ",".join(str(p) for p in config.patch),
+        "patch": 0 if config.patch is None else config.patch if isinstance(config.patch, int)
+        else ",".join(str(p) for p in config.patch),
         "epochs": config.epochs,
-        "batch": config.batch,
+        "batch": config.batch or 0,
         "steps": config.steps_per_epoch or 0,
         "classes": config.classes or 0,
         "names": ",".join(config.class_names or []),

@@ -73,6 +73,21 @@ def test_unsigned_16_bit_above_32767_survives(ij):
     np.testing.assert_array_equal(ij.to_xarray(imp).values, values)
 
 
+def test_signed_16_bit_ct_keeps_hounsfield_units(ij, tmp_path):
+    """ImageJ stores int16 as value + 32768 with a calibration; the engine must see the true values."""
+    from engine.io import read_image, write_image
+
+    hu = np.array([[[-1024, -1, 0], [1, 400, 3071]]], dtype=np.int16)
+    imp = ij.to_imageplus(hu, axes="ZYX")
+    assert imp.getCalibration().isSigned16Bit() and imp.getProcessor().getPixelValue(0, 0) == -1024
+    back = ij.to_xarray(imp)
+    assert back.dtype == np.int16
+    np.testing.assert_array_equal(back.values, hu[0])
+    path = write_image(tmp_path / "ct.tif", hu, axes="ZYX")  # a CT file opened by ImageJ itself
+    opened = ij.to_xarray(ij.IJ.openImage(str(path)))
+    np.testing.assert_array_equal(opened.values, read_image(path).values.squeeze())
+
+
 def test_imagej_hyperstack_to_xarray_matches_imagej_pixels(ij):
     """An image ImageJ made itself (C=2, Z=3, T=2, 16-bit) against ImageJ's per-pixel reads."""
     imp = ij.IJ.createImage("hyper", "16-bit ramp", 9, 4, 2, 3, 2)
@@ -102,7 +117,8 @@ def test_rgb_round_trip(ij):
 
 def test_other_dtypes_are_stored_exactly_or_refused(ij):
     assert ij.to_imageplus(np.array([[0, 300]], dtype=np.int32)).getBitDepth() == 16
-    assert ij.to_imageplus(np.array([[-1, 3]], dtype=np.int16)).getBitDepth() == 32
+    assert ij.to_imageplus(np.array([[-1, 3]], dtype=np.int16)).getBitDepth() == 16  # signed calibration
+    assert ij.to_imageplus(np.array([[-1, 3]], dtype=np.int32)).getBitDepth() == 32
     assert ij.to_imageplus(np.array([[True, False]])).getProcessor().get(0, 0) == 255
     with pytest.raises(InputError, match="cannot hold exactly"):
         ij.to_imageplus(np.array([[0, 2**30]], dtype=np.int64))

@@ -83,6 +83,32 @@ def test_predict_file_streams_through_disk(tiny_model, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "p.tif", "stack.tif"]
 
 
+def test_outputs_go_into_new_folders(tiny_model, tmp_path):
+    from engine.io import write_image
+
+    out, _ = tiny_model
+    source = write_image(tmp_path / "in.tif", blob_images(1, shape=(32, 32), seed=36)[0][0])
+    predict_file(out, source, tmp_path / "new" / "labels.tif", probabilities_path=tmp_path / "other" / "p.tif")
+    assert read_image(tmp_path / "new" / "labels.tif").shape == (32, 32)
+    probs = read_image(tmp_path / "other" / "p.tif")
+    assert probs.dims == ("ch", "row", "col") and probs.attrs["spacing"]["row"] == pytest.approx(0.5)
+    np.testing.assert_allclose(probs.sum("ch"), 1.0, atol=1e-5)
+
+
+def test_more_than_255_classes_give_16_bit_labels(tmp_path):
+    import torch
+
+    from engine.model_files import save_model
+    from engine.networks import build
+    from engine.normalization import Normalization
+
+    torch.manual_seed(0)
+    net = build("unet2d", in_channels=1, classes=300, depth=1, filters=4)
+    folder = save_model(net, tmp_path / "many", patch=(16, 16), axes="YX", normalization=Normalization("none"))
+    labels = predict(folder, np.random.default_rng(0).random((16, 16), dtype=np.float32), axes="YX").labels
+    assert labels.dtype == np.uint16
+
+
 def test_loaded_model_is_reused(tiny_model):
     out, _ = tiny_model
     model = load_model(out, device="cpu")

@@ -170,6 +170,26 @@ def test_per_image_normalization_uses_whole_image_statistics(tmp_path):
     assert float(x[0].std()) < 0.6  # a patch normalised by itself would have std 1
 
 
+def test_valid_padding_network_trains_and_predicts(tmp_path):
+    from engine.predict import predict
+
+    images, labels = blob_images(2, shape=(64, 64))
+    result = train(images=images, labels=labels, out=str(tmp_path / "v"), epochs=1,
+                   **{**SMALL, "network_options": {"depth": 1, "filters": 4, "padding": "valid"}, "patch": 24})
+    assert result.network.padding == "valid"
+    probs = predict(result.model_dir, images[0], tile=(36, 36), probabilities=True).probabilities
+    assert probs.shape == (2, 64, 64)
+    np.testing.assert_allclose(probs.sum("ch"), 1.0, atol=1e-5)
+
+
+def test_epochs_without_validation_never_replace_the_kept_network(tmp_path):
+    images, labels = blob_images(3)
+    result = train(images=images, labels=labels, out=str(tmp_path / "e"), epochs=3, validation_every=2, **SMALL)
+    assert ["val_loss" in row for row in result.history] == [False, True, True]
+    best = json.loads((tmp_path / "e" / "config.json").read_text())["training"]["best"]
+    assert best["epoch"] in (2, 3) and "val_dice" in best
+
+
 def test_learning_rate_schedules():
     assert lr_factor("poly", 0, 100, 0) == 1.0 and lr_factor("poly", 100, 100, 0) == 0.0
     assert lr_factor("cosine", 50, 100, 0) == pytest.approx(0.5)
