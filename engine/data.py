@@ -76,7 +76,9 @@ def prepare_labels(
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
             raise InputError(f"{name} must hold integer class values, got dtype {labels.dtype} with fractions")
-    out = np.asarray(labels).astype(np.int32)
+    # int16 holds 32767 classes and the -1 "not annotated" marker at half the memory of int32
+    raw = np.asarray(labels)
+    out = raw.astype(np.int16 if int(raw.max(initial=0)) < 2**15 else np.int32)
     lowest = int(out.min(initial=0))
     if lowest < 0:
         raise InputError(f"{name} has negative values (min {lowest}); labels must be >= 0")
@@ -326,21 +328,35 @@ class PatchSampler:
         if self.z_context > 1 and (len(self.patch) != 2 or 2 in rank):
             raise InputError(f"z_context={self.z_context} needs 3D stacks and a 2D network (rank {rank})")
         rng = np.random.default_rng(seed)
-        self._fg = [self._coords(s.labels > 0, rng) for s in self.samples]
+        self._fg = [self._coords(s.labels, 1, rng) for s in self.samples]
         self._annotated = [
-            self._coords(s.labels >= 0, rng) if (s.labels < 0).mean() > 0.5 else None for s in self.samples
+            self._coords(s.labels, 0, rng) if np.count_nonzero(s.labels < 0) * 2 > s.labels.size else None
+            for s in self.samples
         ]
         sizes = np.array([np.prod(s.spatial_shape) for s in self.samples], dtype=np.float64)
         self._weights = sizes / sizes.sum()
 
     @staticmethod
-    def _coords(where: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        coords = np.argwhere(where)
-        if len(coords) == 0:
+    def _coords(labels: np.ndarray, minimum: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Up to ``_FG_SAMPLES`` random coordinates where ``labels >= minimum``, found slab by slab
+        along the first axis so huge volumes never need a full-size index array."""
+        step = max(1, (1 << 24) // max(1, int(np.prod(labels.shape[1:]))))
+        counts = [int(np.count_nonzero(labels[i:i + step] >= minimum)) for i in range(0, labels.shape[0], step)]
+        total = sum(counts)
+        if total == 0:
             return None
-        if len(coords) > _FG_SAMPLES:
-            coords = coords[rng.choice(len(coords), _FG_SAMPLES, replace=False)]
-        return coords
+        keep = min(total, _FG_SAMPLES)
+        picks = np.sort(rng.choice(total, keep, replace=False))  # ranks among all matching voxels
+        coords, offset = [], 0
+        for block, (start, count) in enumerate(zip(range(0, labels.shape[0], step), counts)):
+            chosen = picks[(picks >= offset) & (picks < offset + count)] - offset
+            if len(chosen):
+                flat = np.flatnonzero(labels[start:start + step] >= minimum)[chosen]
+                found = np.stack(np.unravel_index(flat, labels[start:start + step].shape), axis=1)
+                found[:, 0] += start
+                coords.append(found)
+            offset += count
+        return np.concatenate(coords)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One patch: ``(image (C', *patch) in the file dtype, labels (*patch) int32)``."""
