@@ -31,7 +31,7 @@ def write_demo_data(folder: Path, settings: dict) -> tuple[Path, Path, Path]:
     for split, count, shape, seed0 in (("train", settings["train"], settings["shape"], 0),
                                       ("test", settings["test"], settings["test_shape"], 1000)):
         for i in range(count):
-            image, labels = blobs(shape, seed=seed0 + i, spacing=spacing, dtype=np.uint16 if split == "test" and len(shape) == 3 else np.uint8)
+            image, labels = blobs(shape, seed=seed0 + i, spacing=spacing)
             image_dir = folder / split / ("Images" if split == "train" else "images")
             label_dir = folder / split / ("Labels" if split == "train" else "truth")
             write_image(image_dir / f"blobs{i:02d}.tif", as_image(image, axes, spacing=cal, unit="um" if cal else None))

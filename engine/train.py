@@ -24,7 +24,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import xarray as xr
 
 from .augment import Augmentation
 from .axes import DIM_TO_LETTER
@@ -302,8 +301,6 @@ def train(
     sampler = PatchSampler(train_samples, patch, foreground=config.foreground_oversampling,
                            z_context=z_context, seed=config.seed)
     batches = Batches(sampler, normalization, augmentation, output_shape)
-    validation = _validation_batches(batches, val_samples, patch, config.batch, config.seed, z_context,
-                                     config.foreground_oversampling)
 
     weights = config.class_weights
     if weights == "auto":
@@ -338,13 +335,13 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         normalization = Normalization.from_dict(state["normalization"])
         batches.normalization = normalization
-        validation = _validation_batches(batches, val_samples, patch, config.batch, config.seed, z_context,
-                                         config.foreground_oversampling)
         _restore_rng(rng, state["rng"])
         start_epoch, history, best = int(state["epoch"]), list(state["history"]), state.get("best")
         if start_epoch >= config.epochs:
             raise InputError(f"checkpoint already finished {start_epoch} epochs; set epochs > {start_epoch} to continue")
 
+    validation = _validation_batches(batches, val_samples, patch, config.batch, config.seed, z_context,
+                                     config.foreground_oversampling)
     axes = "".join(DIM_TO_LETTER[d] for d in samples[0].dims)
     provenance = {
         "data": [s.name for s in samples],

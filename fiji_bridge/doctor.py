@@ -62,9 +62,11 @@ def check_imagej() -> list[Check]:
     checks = []
     try:
         install = runtime.find_imagej(None)
-        assert install.jar is not None
+    except SetupError:
+        install = None
+    if install is not None and install.jar is not None:
         checks.append(Check("imagej", True, f"ImageJ {imagej_version(install.jar)} at {install.jar} (embedded, default)"))
-    except SetupError as err:
+    else:
         checks.append(Check("imagej", False, "no ImageJ 1.x jar found", runtime.IMAGEJ_FIX))
     fiji = os.environ.get("FIJI_HOME")
     candidates = [Path(fiji)] if fiji else [Path.home() / "Fiji.app", Path("/opt/Fiji.app"), Path("/Applications/Fiji.app")]

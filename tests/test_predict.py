@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import engine.predict as predict_module
 from conftest import blob_images

@@ -4,7 +4,6 @@ Targets from the issues: U-Nets in 2D and 3D >= 0.9 foreground Dice; DeepLab v3+
 two skips; the fossil-CT study's best) and SegNet >= 0.85.
 """
 
-import numpy as np
 import pytest
 
 from conftest import blob_images
