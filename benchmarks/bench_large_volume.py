@@ -5,7 +5,7 @@
 Writes a uint16 volume as an uncompressed TIFF, saves a small randomly initialised 3D U-Net model
 folder, then measures in separate subprocesses (peak resident memory via ru_maxrss, wall time):
 
-* ours:  ``engine.predict.predict_file(model, tif, labels.tif)``: memory-mapped input, tiles
+* ours:  ``engine.prediction.predict_file(model, tif, labels.tif)``: memory-mapped input, tiles
   accumulated in slabs, probabilities in a temporary file, labels written slab by slab;
 * MONAI: the whole volume read into memory, normalized to float32 and passed to
   ``sliding_window_inference`` (same network, tile, overlap, gaussian blending) with the output on
@@ -52,7 +52,7 @@ def make_inputs(folder: Path, shape: tuple[int, ...]) -> tuple[Path, Path]:
 
 
 def run_ours(volume: str, model: str, out: str) -> dict:
-    from engine.predict import predict_file
+    from engine.prediction import predict_file
 
     began = time.perf_counter()
     predict_file(model, volume, out, tile=TILE, overlap=0.25, batch_size=4, device="cpu")

@@ -21,8 +21,8 @@ import numpy as np
 
 from engine import read_image
 from engine.metrics import evaluate
-from engine.predict import predict
-from engine.train import train
+from engine.prediction import predict
+from engine.training import train
 
 
 def ct(data: Path, out: Path, epochs: int) -> str:

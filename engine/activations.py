@@ -177,7 +177,7 @@ def input_patch(
     from .axes import as_image, spatial_dims
     from .data import crop_padded, z_context_stack
     from .model_files import load_model
-    from .predict import _check_image
+    from .prediction import _check_image
 
     model = load_model(model, device=device)
     net = model.network

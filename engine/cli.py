@@ -67,7 +67,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .progress import TqdmProgress
-    from .train import train
+    from .training import train
 
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     flags = {k: v for k, v in vars(args).items()
@@ -107,12 +107,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .fileutil import refuse_overwriting
     from .io import list_images
     from .model_files import load_model
-    from .predict import predict_file
+    from .prediction import predict_file
     from .progress import TqdmProgress
 
-    model = load_model(args.model, device=args.device)
     source = Path(args.input)
     if not source.exists():
         raise FileNotFoundError(f"input {str(source)!r} does not exist")
@@ -126,6 +126,9 @@ def _predict(args: argparse.Namespace) -> int:
             raise DeepSegError(f"folder {str(source)!r} holds no images")
     else:
         jobs = [(source, Path(args.out), Path(args.probabilities) if args.probabilities else None)]
+    for image, labels, probs in jobs:  # all checked before anything is written
+        refuse_overwriting({"--out": labels, "--probabilities": probs}, {"the input image": image})
+    model = load_model(args.model, device=args.device)
     bar = TqdmProgress(disable=args.quiet)
     try:
         for image, labels, probs in jobs:
@@ -153,9 +156,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .fileutil import refuse_overwriting
     from .io import read_labels
     from .metrics import evaluate
 
+    refuse_overwriting({"--json": args.json, "--csv": args.csv, "--plot": args.plot},
+                       {"the prediction": args.prediction, "the truth": args.truth, "the mask": args.mask})
     mask = read_labels(args.mask) if args.mask else None
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
     report = evaluate(args.prediction, args.truth, classes=args.classes, ignore_label=args.ignore_label,
@@ -226,6 +232,7 @@ def _add_activations(sub: argparse._SubParsersAction) -> None:
 def _activations(args: argparse.Namespace) -> int:
     from . import activations as act
     from .errors import InputError
+    from .fileutil import refuse_overwriting
     from .io import read_image
     from .model_files import load_model
 
@@ -239,6 +246,7 @@ def _activations(args: argparse.Namespace) -> int:
     png = out.with_suffix(".png")
     if png == out:  # --out x.png: the stack goes to x.tif
         out = out.with_suffix(".tif")
+    refuse_overwriting({"--out": out, "the montage": png}, {"the image": args.image})
     features = act.image_activations(model, read_image(args.image, axes=args.axes), args.layer)
     act.save_activations(features, tif_path=out, png_path=png)
     print(f"{features.shape[0]} feature maps of layer {args.layer!r} -> {out} and {png}")

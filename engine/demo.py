@@ -45,9 +45,9 @@ def run_demo(out: str | Path = "deepseg-demo", *, three_d: bool = False, epochs:
     from .config import TrainConfig
     from .io import list_images, read_labels
     from .metrics import confusion_matrix, Report
-    from .predict import predict_file
+    from .prediction import predict_file
     from .progress import TqdmProgress
-    from .train import train
+    from .training import train
 
     settings = DEMO_3D if three_d else DEMO_2D
     out = Path(out)

@@ -11,7 +11,9 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from .errors import InputError
 
 
 def full_suffix(path: str | Path) -> str:
@@ -69,3 +71,39 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: same path after resolving symlinks, or a hard link."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def refuse_overwriting(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Raise :class:`~engine.errors.InputError` when an output would replace an input or another output.
+
+    ``outputs`` and ``inputs`` map a description (``"--out"``, ``"the input image"``) to a path or
+    None (ignored). Paths are compared after resolving symlinks, and hard links count as the same file,
+    so no spelling of a path lets deepseg write over a user's input. Call it before writing anything.
+
+    >>> refuse_overwriting({"--out": "labels.tif"}, {"the input": "image.tif"})
+    >>> refuse_overwriting({"--out": "a.tif"}, {"the input": "./a.tif"})
+    Traceback (most recent call last):
+    ...
+    engine.errors.InputError: --out 'a.tif' is the input 'a.tif': choose another output path (deepseg never overwrites its inputs)
+    """
+    named_outputs = [(name, Path(p)) for name, p in outputs.items() if p is not None]
+    named_inputs = [(name, Path(p)) for name, p in inputs.items() if p is not None]
+    for i, (out_name, out) in enumerate(named_outputs):
+        for in_name, source in named_inputs:
+            if _same_file(out, source):
+                raise InputError(f"{out_name} {str(out)!r} is {in_name} {str(source)!r}: choose another output "
+                                 "path (deepseg never overwrites its inputs)")
+        for other_name, other in named_outputs[:i]:
+            if _same_file(out, other):
+                raise InputError(f"{out_name} {str(out)!r} is the same file as {other_name} {str(other)!r}: "
+                                 "give each output its own path")

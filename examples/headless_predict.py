@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 import fiji_bridge
-from engine.predict import predict
+from engine.prediction import predict
 
 
 def main(model: str, image_path: str, out_path: str) -> None:

@@ -259,7 +259,7 @@ class CommandRunner:
     # --------------------------------------------------------------------------------------- commands
 
     def predict(self, values: dict[str, Any], result: "CommandResult") -> None:
-        from engine.predict import predict
+        from engine.prediction import predict
 
         image, imp = self.image_or_path(values["image"], "image")
         if isinstance(image, Path):
@@ -291,7 +291,7 @@ class CommandRunner:
 
     def train(self, values: dict[str, Any], result: "CommandResult") -> None:
         from engine.config import TrainConfig
-        from engine.train import train
+        from engine.training import train
 
         images, _ = self.image_or_path(values["images"], "images")
         labels: Any = None

@@ -27,7 +27,7 @@ def blob_images(count: int, shape=(48, 48), seed: int = 0, radius=(3, 6)):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A 2D U-Net trained for two short epochs; returns (model folder, TrainResult)."""
-    from engine.train import train
+    from engine.training import train
 
     images, labels = blob_images(3)
     out = tmp_path_factory.mktemp("models") / "tiny"

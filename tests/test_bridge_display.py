@@ -52,7 +52,7 @@ def test_recorded_predict_replayed_headless_equals_deepseg_predict(ij, tiny_mode
 def test_deepseg_macro_runs_builtin_commands_with_their_options_without_a_display(tiny_model, blob, tmp_path):
     """Gaussian Blur's sigma must be honoured (headless ImageJ would silently use the default, 2)."""
     from engine.io import read_image, read_labels
-    from engine.predict import predict
+    from engine.prediction import predict
 
     model, _ = tiny_model
     macro = tmp_path / "mixed.ijm"

@@ -163,7 +163,7 @@ def test_commands_are_registered_headless(ij):
 
 def test_predict_through_ij_run_equals_the_engine(ij, tiny_model, blob):
     from engine.io import read_image
-    from engine.predict import predict
+    from engine.prediction import predict
 
     model, _ = tiny_model
     imp = ij.open_image(blob[0])

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import blob_images
 from engine.metrics import Report, evaluate
-from engine.predict import predict
-from engine.train import train
+from engine.prediction import predict
+from engine.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_UNET, blob_images
 from engine.errors import Cancelled, InputError
-from engine.train import CHECKPOINT, load_checkpoint, lr_factor, train
+from engine.training import CHECKPOINT, load_checkpoint, lr_factor, train
 
 SMALL = dict(network="unet2d", network_options=TINY_UNET, patch=32, batch=2, steps_per_epoch=2, seed=1)
 
@@ -78,7 +78,7 @@ def test_3d_and_2d_on_stacks(tmp_path):
 
 
 def test_z2c_network_trains_and_predicts_on_stacks(tmp_path):
-    from engine.predict import predict
+    from engine.prediction import predict
 
     images, labels = blob_images(1, shape=(6, 32, 32))
     result = train(images=images, labels=labels, out=str(tmp_path / "z"), epochs=1,
@@ -158,7 +158,7 @@ def test_per_image_normalization_uses_whole_image_statistics(tmp_path):
     from engine.data import PatchSampler, make_sample
     from engine.augment import Augmentation
     from engine.normalization import Normalization
-    from engine.train import Batches
+    from engine.training import Batches
 
     bright = make_sample(np.full((32, 32), 200.0) + np.arange(32), np.zeros((32, 32), np.uint8), axes="YX")
     sampler = PatchSampler([bright], (8, 8))
@@ -171,7 +171,7 @@ def test_per_image_normalization_uses_whole_image_statistics(tmp_path):
 
 
 def test_valid_padding_network_trains_and_predicts(tmp_path):
-    from engine.predict import predict
+    from engine.prediction import predict
 
     images, labels = blob_images(2, shape=(64, 64))
     result = train(images=images, labels=labels, out=str(tmp_path / "v"), epochs=1,

@@ -188,9 +188,11 @@ def predict_file(
     are computed slab by slab. Outputs appear only when complete (written under temporary names).
     Returns a summary dict (paths, shape, class voxel counts).
     """
-    from .fileutil import atomic_path
+    from .fileutil import atomic_path, refuse_overwriting
     from .io import create_tiff_memmap, read_image, write_image, write_labels
 
+    refuse_overwriting({"the labels output": labels_path, "the probabilities output": probabilities_path},
+                       {"the input image": input_path})
     model = load_model(model, device=device)
     img = read_image(input_path, axes=axes, mmap=True)
     if "t" in img.dims:

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-import engine.predict as predict_module
+import engine.prediction as predict_module
 from conftest import blob_images
 from engine.errors import InputError
 from engine.io import read_image
 from engine.model_files import load_model
-from engine.predict import predict, predict_file
+from engine.prediction import predict, predict_file
 
 
 def test_labels_and_probabilities_keep_dims_and_calibration(tiny_model):
