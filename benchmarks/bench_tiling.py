@@ -129,7 +129,7 @@ def make_input(shape: tuple[int, ...]) -> np.ndarray:
 
 
 class RawFileSink:
-    """A minimal ``out=`` sink: ``sink[:, a:b] = planes`` writes to a raw C-order float32 file."""
+    """A minimal :class:`engine.tiling.TileSink`: writes whole planes to a raw C-order float32 file."""
 
     def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
         self.path, self.shape = path, shape
@@ -137,8 +137,8 @@ class RawFileSink:
         with open(path, "wb") as f:
             f.truncate(int(np.prod(shape, dtype=np.int64)) * 4)
 
-    def __setitem__(self, key: tuple[slice, slice], value: np.ndarray) -> None:
-        first = key[1].start or 0
+    def write(self, region: tuple[slice, ...], value: np.ndarray) -> None:
+        first = region[0].start
         value = np.ascontiguousarray(value, dtype=np.float32)
         with open(self.path, "r+b") as f:
             for k in range(self.shape[0]):
@@ -168,7 +168,7 @@ class Setup:
         own = args.monai_weights == "own"
         self.monai_weights = None if own else torch.from_numpy(blend_weights(self.tile).copy())
         with torch.inference_mode():  # warm-up with the usual batch shape, outside the timing
-            self.net(torch.zeros((args.batch_size, 1, *self.tile)))
+            self.net(torch.zeros((args.batch, 1, *self.tile)))
 
     def measure(self, method: str) -> tuple[dict, Any]:
         """Time one prediction: wall and CPU seconds, ru_maxrss before and after; and the output."""
@@ -185,11 +185,12 @@ class Setup:
         start, cpu = time.perf_counter(), time.process_time()
         if method == "monai":
             with torch.inference_mode():
-                y = sliding_window_inference(torch.from_numpy(self.x)[None], self.tile, args.batch_size, self.net,
+                y = sliding_window_inference(torch.from_numpy(self.x)[None], self.tile, args.batch, self.net,
                                              args.overlap, mode="gaussian", roi_weight_map=self.monai_weights)
             y = y[0].numpy()
         else:
-            y = predict_tiled(self.net, self.x, self.tile, args.overlap, "gaussian", args.batch_size, out=sink)
+            y = predict_tiled(self.x, self.net, tile=self.tile, overlap=args.overlap, blend="gaussian",
+                              batch=args.batch, out=sink)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"seconds": seconds, "cpu": cpu, "peak_kib": peak, "before_kib": before}, y
@@ -210,7 +211,7 @@ def worker(args: argparse.Namespace) -> None:
 def run_worker(method: str, case: dict, args: argparse.Namespace, folder: Path) -> dict:
     command = [sys.executable, __file__, "--worker", method, "--save", str(folder / f"{method}.npy"),
                "--shape", *map(str, case["shape"]), "--tile", *map(str, case["tile"]),
-               "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+               "--overlap", str(args.overlap), "--batch", str(args.batch),
                "--filters", str(args.filters), "--depth", str(args.depth), "--classes", str(args.classes),
                "--threads", str(args.threads), "--monai-weights", args.monai_weights]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -282,7 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
     parser.add_argument("--repeats", type=int, default=3, help="runs per method (the fastest is shown)")
     parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--filters", type=int, default=16, help="U-Net first-level filters")
     parser.add_argument("--depth", type=int, default=3, help="U-Net down-samplings")
     parser.add_argument("--classes", type=int, default=2)
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     table = QUICK if args.quick else CASES
     methods = ["ours", "monai"] + (["ours-stream"] if args.stream else [])
     print(f"torch threads: {args.threads or 'default'}, U-Net depth {args.depth} filters {args.filters}, "
-          f"overlap {args.overlap}, batch {args.batch_size}, gaussian, MONAI weights: {args.monai_weights}, "
+          f"overlap {args.overlap}, batch {args.batch}, gaussian, MONAI weights: {args.monai_weights}, "
           f"best of {args.repeats}")
     header = ("case", "shape", "tile", "tiles", "method", "wall s", "vs MONAI", "cpu s", "peak MiB", "+rise",
               "max |diff|") + (("untiled max", "untiled mean") if args.vs_untiled else ())

@@ -20,6 +20,7 @@ _EXPORTS = {
     "predict_tiled": "engine.tiling",
     "predict": "engine.prediction",
     "predict_file": "engine.prediction",
+    "predict_zarr": "engine.blockwise",
     "Prediction": "engine.prediction",
     "train": "engine.training",
     "TrainResult": "engine.training",

@@ -175,7 +175,7 @@ def input_patch(
     ``{"Z": 10}`` (axis letters or dim names; axes left out default to the middle of the image).
     """
     from .axes import as_image, spatial_dims
-    from .data import crop_padded, z_context_stack
+    from .arrays import crop_padded, fit_window, plane_patch
     from .model_files import load_model
     from .prediction import _check_image
 
@@ -193,14 +193,10 @@ def input_patch(
     norm = model.normalization.image_statistics(pixels)
     planar = len(shape) > net.spatial_dims  # a 2D network on a stack: one plane (with its context)
     inplane = list(zip(position[1:], shape[1:])) if planar else list(zip(position, shape))
-    starts = [min(max(c - p // 2, min(0, n - p)), max(0, n - p)) for (c, n), p in zip(inplane, patch)]
-    if not planar:
-        crop = crop_padded(pixels, starts, patch, channel_axis=True)
-    elif net.z_context > 1:
-        crop = z_context_stack(pixels, position[0], net.z_context, starts, patch)
-    else:
-        crop = crop_padded(pixels[:, position[0]], starts, patch, channel_axis=True)
-    return norm.apply(crop)
+    starts = fit_window([c - p // 2 for (c, _), p in zip(inplane, patch)], patch, [n for _, n in inplane])
+    if planar:
+        return norm.apply(plane_patch(pixels, position[0], starts, patch, net.z_context))
+    return norm.apply(crop_padded(pixels, starts, patch, channel_axis=True))
 
 
 def image_activations(

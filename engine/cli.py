@@ -1,4 +1,5 @@
-"""The ``deepseg`` command line: train, predict, evaluate, info, demo, activations, macro, doctor."""
+"""The ``deepseg`` command line: train, predict, evaluate, info, demo, activations; subcommands of installed
+extensions (fiji_bridge: macro, doctor, fiji) come through the ``deepseg.commands`` entry points."""
 
 from __future__ import annotations
 
@@ -32,53 +33,54 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .config import train_options
+
     p = sub.add_parser("train", help="train a network on images and label images",
                        description="Train a segmentation network. Options given here override --config.")
-    p.add_argument("--images", help="image file, folder of images, or a DeepMIB training folder (Images/, Labels/, Masks/)")
-    p.add_argument("--labels", help="label image file or folder (paired with images by sorted name)")
-    p.add_argument("--masks", help="mask file or folder: 0 = not annotated")
-    p.add_argument("--axes", help="axes of the images when the files do not say, e.g. ZYX or YXC")
-    p.add_argument("--network", help="network name (see `deepseg networks`); default unet2d")
-    p.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="network option, e.g. --option depth=4 --option filters=16 (repeatable)")
-    p.add_argument("--patch", type=_ints, help="patch size: one int or one per axis, e.g. 128 or 32,128,128")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch", type=int, help="minibatch size")
-    p.add_argument("--steps", type=int, dest="steps_per_epoch", help="steps per epoch (default: about one pass)")
-    p.add_argument("--classes", type=int, help="number of classes incl. background (default: max label + 1)")
-    p.add_argument("--class-names", help="comma-separated class names, background first")
-    p.add_argument("--ignore-label", type=int, help="label value meaning 'not annotated'")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
-    p.add_argument("--schedule", choices=["poly", "piecewise", "cosine", "constant"])
-    p.add_argument("--loss", choices=["ce", "focal", "dice", "generalized_dice", "ce_dice"])
-    p.add_argument("--normalization", choices=["zscore", "zscore_image", "percentile", "minmax", "none"])
-    p.add_argument("--validation", type=float, dest="validation_fraction", help="validation fraction (0 = none)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--init-from", help="model folder to start from (transfer learning)")
-    p.add_argument("--freeze-encoder", action="store_true", default=None)
-    p.add_argument("--out", help="model folder to write (default: model)")
-    p.add_argument("--resume", help="checkpoint file or model folder to continue from")
+    for declared in train_options():  # declared once, on the TrainConfig fields
+        if declared.flag:
+            _add_declared(p, declared)
     p.add_argument("--config", help="JSON file with training options (see train_config.json of a model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_declared(p: argparse.ArgumentParser, declared: Any) -> None:
+    """The argument of one declared option (:class:`engine.options.Declared`); its value lands in ``name``."""
+    shown = declared.default not in (None, "", {}, False) and not declared.auto_help
+    text = declared.full_help("default") + (f" (default: {declared.default})" if shown else "")
+    kwargs: dict[str, Any] = {"dest": declared.name, "help": text}
+    if declared.kind == "bool":
+        kwargs.update(action="store_true", default=None)
+    elif declared.kind == "mapping":
+        kwargs.update(action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    elif declared.kind == "size":
+        kwargs.update(type=_ints, metavar="SIZE")
+    elif declared.kind == "choice" and not callable(declared.choices):
+        kwargs.update(choices=declared.choice_list())
+    else:
+        kind = {"int": int, "float": float}.get(declared.kind, str)
+        kwargs.update(type=kind, metavar=declared.flag.lstrip("-").upper().replace("-", "_"))
+    p.add_argument(declared.flag, **kwargs)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of ``deepseg train``: --config, overridden by the flags given."""
+    from .config import TrainConfig, train_options
+    from .options import to_config
+
+    base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    given = [(d, getattr(args, d.name)) for d in train_options() if d.flag]
+    flags = {d.name: to_config(d, value) for d, value in given if value not in (None, [])}
+    if "network_options" in flags:  # --option adds to the network options of --config
+        flags["network_options"] = {**base.get("network_options", {}), **flags["network_options"]}
+    return TrainConfig.from_dict({**base, **flags})
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .progress import TqdmProgress
     from .training import train
 
-    base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-    flags = {k: v for k, v in vars(args).items()
-             if k in TrainConfig.field_names() and v is not None}
-    if args.patch is not None:
-        flags["patch"] = args.patch[0] if len(args.patch) == 1 else args.patch
-    if args.class_names:
-        flags["class_names"] = [n.strip() for n in args.class_names.split(",")]
-    if args.option:
-        flags["network_options"] = {**base.get("network_options", {}), **dict(args.option)}
-    config = TrainConfig.from_dict({**base, **flags})
+    config = _train_config(args)
     bar = TqdmProgress(disable=args.quiet)
     try:
         result = train(config, progress=bar)
@@ -104,6 +106,37 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower, smoother)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    z = p.add_argument_group("chunked volumes (zarr / OME-Zarr input or output, or --cluster): blockwise, resumable")
+    z.add_argument("--cluster", help="run blocks on Dask: local:N (N worker processes here) or a scheduler "
+                   "address such as tcp://scheduler:8786")
+    z.add_argument("--block", type=_ints, help="block size: planes, or one size per spatial axis (default: "
+                   "4 tile depths of whole planes for 3D networks, 16 planes for 2D ones)")
+    z.add_argument("--probabilities-dtype", choices=["float32", "float16", "uint8"], default="float32",
+                   help="probabilities stored as float32, float16 or uint8 (round(p * 255))")
+    z.add_argument("--label-name", default="deepseg",
+                   help="name of the label image in an OME-Zarr container's labels/ (default deepseg)")
+    z.add_argument("--overwrite", action="store_true",
+                   help="replace an existing zarr output made by another model or options (default: refuse)")
+
+
+def _predict_blockwise(args: argparse.Namespace) -> int:
+    """`deepseg predict` into (or from) zarr / OME-Zarr, or on a Dask cluster: resumable, block by block."""
+    from .blockwise import predict_zarr
+    from .progress import TqdmProgress
+
+    bar = TqdmProgress(disable=args.quiet)
+    try:
+        summary = predict_zarr(args.model, args.input, args.out, probabilities=args.probabilities,
+                               probabilities_dtype=args.probabilities_dtype, label_name=args.label_name,
+                               axes=args.axes, tile=args.tile, overlap=args.overlap, blend=args.blend,
+                               batch=args.batch, block=args.block, device=args.device, tta=args.tta,
+                               cluster=args.cluster, overwrite=args.overwrite, progress=bar)
+    finally:
+        bar.close()
+    counts = ", ".join(f"{k}: {v}" for k, v in (summary.get("class_voxels") or {}).items())
+    print(f"{args.input} -> {summary['labels']}: {summary['computed']} of {summary['blocks']} blocks computed, "
+          f"{summary['already_finished']} already finished" + (f" ({counts})" if counts else ""))
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -116,6 +149,12 @@ def _predict(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
         raise FileNotFoundError(f"input {str(source)!r} does not exist")
+    from .chunked_io import is_zarr_path
+
+    if args.cluster or is_zarr_path(source) or is_zarr_path(args.out):
+        return _predict_blockwise(args)
+    if args.block or args.probabilities_dtype != "float32":
+        raise DeepSegError("--block and --probabilities-dtype apply to zarr / OME-Zarr outputs (*.zarr, *.ome.zarr)")
     jobs: list[tuple[Path, Path, Path | None]]
     if source.is_dir():
         out_dir = Path(args.out)
@@ -134,7 +173,7 @@ def _predict(args: argparse.Namespace) -> int:
         for image, labels, probs in jobs:
             summary = predict_file(model, image, labels, probabilities_path=probs, axes=args.axes,
                                    tile=args.tile, overlap=args.overlap, blend=args.blend,
-                                   batch_size=args.batch, tta=args.tta, progress=bar)
+                                   batch=args.batch, tta=args.tta, progress=bar)
             counts = ", ".join(f"{k}: {v}" for k, v in summary.get("class_voxels", {}).items())
             print(f"{image} -> {labels}" + (f" ({counts})" if counts else ""))
     finally:
@@ -143,36 +182,48 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="compare a label image with ground truth")
-    p.add_argument("--prediction", required=True, help="predicted label image")
-    p.add_argument("--truth", required=True, help="ground-truth label image")
-    p.add_argument("--mask", help="evaluate only where this mask is non-zero")
+    p = sub.add_parser("evaluate", help="compare label images (or folders of them) with ground truth",
+                       description="Compare a predicted label image with the truth, or every file of a folder "
+                       "with its namesake (extension ignored) in a truth folder: one row per image, then 'all'.")
+    p.add_argument("--prediction", required=True, help="predicted label image, or a folder of them")
+    p.add_argument("--truth", required=True, help="ground-truth label image, or a folder of them")
+    p.add_argument("--mask", help="evaluate only where this mask is non-zero (single images)")
     p.add_argument("--classes", type=int)
     p.add_argument("--class-names", help="comma-separated class names")
     p.add_argument("--ignore-label", type=int, help="truth value to leave out")
-    p.add_argument("--json", help="write the report as JSON")
-    p.add_argument("--csv", help="write per-class metrics as CSV")
-    p.add_argument("--plot", help="write the confusion matrix as PNG")
+    p.add_argument("--json", help="write the report as JSON (folders: every image's and the total)")
+    p.add_argument("--csv", help="write per-class metrics as CSV (folders: one row per image, then 'all')")
+    p.add_argument("--plot", help="write the confusion matrix as PNG (folders: of all images together)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .errors import InputError
     from .fileutil import refuse_overwriting
     from .io import read_labels
-    from .metrics import evaluate
+    from .metrics import evaluate, evaluate_folders
 
     refuse_overwriting({"--json": args.json, "--csv": args.csv, "--plot": args.plot},
                        {"the prediction": args.prediction, "the truth": args.truth, "the mask": args.mask})
-    mask = read_labels(args.mask) if args.mask else None
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    report = evaluate(args.prediction, args.truth, classes=args.classes, ignore_label=args.ignore_label,
-                      mask=mask, class_names=names)
+    options = dict(classes=args.classes, ignore_label=args.ignore_label, class_names=names)
+    folders = [Path(p).is_dir() for p in (args.prediction, args.truth)]
+    if any(folders):
+        if not all(folders):
+            raise InputError("--prediction and --truth must both be folders, or both label image files")
+        if args.mask:
+            raise InputError(f"--mask {args.mask!r} applies to single images, not to folders")
+        report = evaluate_folders(args.prediction, args.truth, **options)
+        total = report.total
+    else:
+        mask = read_labels(args.mask) if args.mask else None
+        report = total = evaluate(args.prediction, args.truth, mask=mask, **options)
     print(report.summary())
     if args.json:
         report.to_json(args.json)
     if args.csv:
         report.to_csv(args.csv)
     if args.plot:
-        report.plot_confusion(args.plot)
+        total.plot_confusion(args.plot)
     return 0
 
 
@@ -272,11 +323,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bridge(name: str, argv: list[str]) -> int:
+    """Run subcommand ``name`` contributed through the ``deepseg.commands`` entry points (e.g. fiji_bridge's)."""
+    from .plugins import COMMANDS as GROUP, load
+
+    return int(load(GROUP, name).main(argv))
+
+
+def _plugin_help(name: str) -> str:
+    from .plugins import COMMANDS as GROUP, load
+
     try:
-        from fiji_bridge import cli as bridge_cli
-    except ImportError as err:
-        raise DeepSegError(f"`deepseg {name}` needs the fiji_bridge package: {err}") from None
-    return int(getattr(bridge_cli, f"{name}_main")(argv))
+        return str(load(GROUP, name).help)
+    except DeepSegError as err:
+        return f"(unavailable: {err})"
 
 
 COMMANDS = {
@@ -290,7 +349,8 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, extensions: bool = True) -> argparse.ArgumentParser:
+    """The ``deepseg`` parser; ``extensions``: also list the entry-point subcommands (loads them for their help)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="deepseg", description="Deep-learning segmentation of microscopy and CT images.")
@@ -298,8 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add, _ in COMMANDS.values():
         add(sub)
-    sub.add_parser("macro", help="run an ImageJ macro (.ijm) with deepseg commands, headless", add_help=False)
-    sub.add_parser("doctor", help="check Java, ImageJ/Fiji, display, torch device and memory", add_help=False)
+    from .plugins import COMMANDS as GROUP, available
+
+    # e.g. macro, doctor and fiji from fiji_bridge; they parse their own options
+    for name in sorted(available(GROUP)) if extensions else []:
+        if name not in COMMANDS:
+            sub.add_parser(name, help=_plugin_help(name), add_help=False)
     return parser
 
 
@@ -307,9 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepseg`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in ("macro", "doctor"):
-            return _bridge(argv[0], argv[1:])
-        parser = build_parser()
+        if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+            from .plugins import COMMANDS as GROUP, available
+
+            if argv[0] in available(GROUP):
+                return _bridge(argv[0], argv[1:])
+        parser = build_parser(extensions=not argv or argv[0] not in COMMANDS)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()

@@ -12,10 +12,17 @@ from .augment import Augmentation
 from .errors import InputError
 from .losses import LOSSES
 from .normalization import METHODS as NORMALIZATIONS
+from .options import Declared, checked_keywords, declared_options, option, unknown_option_error
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("poly", "piecewise", "cosine", "constant")
 SELECT = ("best", "last")
+
+
+def _network_names() -> list[str]:
+    from .networks import list_networks  # imports torch: only when the choices are shown
+
+    return list(list_networks())
 
 
 @dataclass
@@ -30,43 +37,80 @@ class TrainConfig:
     classes including background (``None``: max label + 1). ``ignore_label``: a label value meaning
     "not annotated" (e.g. 0 when users paint every class with 1..K and leave the rest 0).
     ``steps_per_epoch``: ``None`` covers the training voxels about once per epoch (at most 250 steps).
+
+    Each user-facing field is declared once with :func:`engine.options.option` (help, choices, range, CLI
+    flag, Fiji macro key and dialog label): the ``train`` command line and Fiji's ``DeepSeg Train...``
+    are generated from these declarations, and :meth:`validate` checks their choices and ranges.
     """
 
-    images: str | None = None
-    labels: str | None = None
-    masks: str | None = None
-    axes: str | None = None
-    out: str = "model"
-    network: str = "unet2d"
-    network_options: dict[str, Any] = field(default_factory=dict)
-    patch: int | list[int] | None = None
-    classes: int | None = None
-    class_names: list[str] | None = None
-    ignore_label: int | None = None
-    epochs: int = 50
-    batch: int | None = None
-    steps_per_epoch: int | None = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "poly"
-    loss: str = "ce_dice"
+    images: str | None = option(
+        None, kind="image", flag="--images", key="images", label="Images",
+        help="training image(s): a file, a folder of images, or a DeepMIB training folder (Images/, Labels/, Masks/)")
+    labels: str | None = option(
+        None, kind="image", flag="--labels", key="labels", label="Labels",
+        help="label image(s): a file or a folder, paired with the images by sorted name (none with a DeepMIB folder)")
+    masks: str | None = option(None, kind="image", flag="--masks", help="mask file or folder: 0 = not annotated")
+    axes: str | None = option(None, flag="--axes", key="axes", label="Axes",
+                              help="axes of image files that do not record them, e.g. ZYX or YXC")
+    out: str = option("model", kind="folder", flag="--out", key="out", label="Out (model folder)", required=True,
+                      help="model folder to write")
+    network: str = option("unet2d", kind="choice", choices=_network_names, flag="--network", key="network",
+                          label="Network", help="network architecture (see `deepseg networks`)")
+    network_options: dict[str, Any] = option(
+        default_factory=dict, kind="mapping", flag="--option", key="options", label="Options",
+        help="network options, e.g. depth=3 filters=16 (on the command line: --option depth=3, repeatable)")
+    patch: int | list[int] | None = option(
+        None, kind="size", flag="--patch", key="patch", label="Patch size", auto="auto",
+        auto_help="derived from the data",
+        help="training patch size: one int for every axis or one per axis, e.g. 128 or 32,128,128")
+    classes: int | None = option(None, kind="int", flag="--classes", key="classes", label="Classes", auto="auto",
+                                 minimum=2, note=" (background counts as a class)", auto_help="largest label + 1",
+                                 help="number of classes including background")
+    class_names: list[str] | None = option(None, kind="names", flag="--class-names", key="names",
+                                           label="Names of classes",
+                                           help="class names, comma-separated, background first")
+    ignore_label: int | None = option(None, kind="int", flag="--ignore-label", key="ignore", label="Ignore label",
+                                      auto="none", help="label value meaning 'not annotated'")
+    epochs: int = option(50, kind="int", flag="--epochs", key="epochs", label="Epochs", minimum=1,
+                         help="passes over the training data")
+    batch: int | None = option(None, kind="int", flag="--batch", key="batch", label="Batch size", auto="auto",
+                               minimum=1, auto_help="4 in 2D, 2 in 3D", help="patches per step (minibatch size)")
+    steps_per_epoch: int | None = option(None, kind="int", flag="--steps", key="steps", label="Steps per epoch",
+                                         auto="auto", minimum=1, auto_help="about one pass over the data",
+                                         help="steps per epoch")
+    optimizer: str = option("adam", kind="choice", choices=OPTIMIZERS, flag="--optimizer", key="optimizer",
+                            label="Optimizer", help="optimizer")
+    lr: float = option(1e-3, kind="float", flag="--lr", key="lr", label="LR (learning rate)", above=0.0,
+                       help="learning rate")
+    weight_decay: float = option(1e-4, kind="float", minimum=0.0, help="weight decay")
+    momentum: float = option(0.9, kind="float", minimum=0.0, help="momentum (sgd, rmsprop)")
+    schedule: str = option("poly", kind="choice", choices=SCHEDULES, flag="--schedule", key="schedule",
+                           label="Schedule", help="learning-rate schedule")
+    loss: str = option("ce_dice", kind="choice", choices=LOSSES, flag="--loss", key="loss", label="Loss",
+                       help="loss function")
     class_weights: list[float] | str | None = None
     exclude_background: bool = False
-    normalization: str = "zscore"
+    normalization: str = option("zscore", kind="choice", choices=NORMALIZATIONS, flag="--normalization",
+                                key="normalization", label="Normalization", help="intensity normalization")
     augmentation: dict[str, Any] = field(default_factory=dict)
-    foreground_oversampling: float = 0.33
-    validation_fraction: float = 0.25
-    validation_every: int = 1
-    select: str = "best"
-    seed: int = 2
-    device: str = "auto"
+    foreground_oversampling: float = option(0.33, kind="float", minimum=0.0, maximum=1.0,
+                                            help="fraction of patches centred on foreground")
+    validation_fraction: float = option(0.25, kind="float", flag="--validation", key="validation",
+                                        label="Validation fraction", minimum=0.0, below=1.0,
+                                        help="fraction of the data kept for validation (0 = none)")
+    validation_every: int = option(1, kind="int", minimum=1, help="validate every N epochs")
+    select: str = option("best", kind="choice", choices=SELECT, help="which network to keep")
+    seed: int = option(2, kind="int", flag="--seed", key="seed", label="Seed", help="random seed")
+    device: str = option("auto", flag="--device", key="device", label="Device",
+                         help="where to compute: auto, cpu, cuda, cuda:N or mps")
     amp: bool = True
-    resume: str | None = None
-    init_from: str | None = None
-    freeze_encoder: bool = False
-    num_threads: int | None = None
+    resume: str | None = option(None, kind="folder", flag="--resume", key="resume", label="Resume from",
+                                help="checkpoint file or model folder of an interrupted run to continue")
+    init_from: str | None = option(None, kind="folder", flag="--init-from", key="init", label="Init from model",
+                                   help="model folder to start from (transfer learning)")
+    freeze_encoder: bool = option(False, kind="bool", flag="--freeze-encoder", key="freeze", label="Freeze encoder",
+                                  help="with init-from: train only the decoder")
+    num_threads: int | None = option(None, kind="int", minimum=1, help="CPU threads for torch")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,33 +121,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every value; raise InputError naming the bad one and what is expected."""
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("loss", LOSSES)
-        choice("normalization", NORMALIZATIONS)
-        choice("select", SELECT)
-        for name in ("epochs", "batch"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise InputError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
-        if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
-            raise InputError(f"steps_per_epoch={self.steps_per_epoch!r}: expected >= 1 or None")
-        if not float(self.lr) > 0:
-            raise InputError(f"lr={self.lr!r}: expected a positive learning rate")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise InputError(f"validation_fraction={self.validation_fraction!r}: expected 0 <= f < 1")
-        if not 0.0 <= float(self.foreground_oversampling) <= 1.0:
-            raise InputError(f"foreground_oversampling={self.foreground_oversampling!r}: expected 0..1")
+        for declared in train_options():  # choices and ranges, as declared on the fields
+            declared.check(getattr(self, declared.name))
         patch = [] if self.patch is None else [self.patch] if isinstance(self.patch, int) else list(self.patch)
         if self.patch is not None and (not patch or any(int(p) < 1 for p in patch)):
             raise InputError(f"patch={self.patch!r}: expected positive sizes, e.g. 128 or [32, 128, 128]")
-        if self.classes is not None and int(self.classes) < 2:
-            raise InputError(f"classes={self.classes!r}: expected >= 2 (background counts as a class)")
-        if self.class_names is not None and self.classes is not None and len(self.class_names) != self.classes:
-            raise InputError(f"{len(self.class_names)} class_names given for classes={self.classes}")
+        if self.class_names is not None and self.classes is not None:
+            check_class_names(self.class_names, int(self.classes))
         if isinstance(self.class_weights, str) and self.class_weights != "auto":
             raise InputError(f"class_weights={self.class_weights!r}: expected 'auto' or a list of numbers")
         Augmentation(**self.augmentation)  # raises on bad keys or values
@@ -129,9 +153,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(data) - set(cls.field_names()))
+        """A configuration from a mapping (e.g. JSON); unknown keys raise InputError with the close match."""
+        unknown = [key for key in data if key not in cls.field_names()]
         if unknown:
-            raise InputError(f"unknown training option(s) {unknown}; valid options: {cls.field_names()}")
+            raise unknown_option_error(unknown, cls.field_names(), "training option")
         return cls(**data)
 
     @classmethod
@@ -150,3 +175,27 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# TrainConfig(epoch=3) or .replace(epoch=3): an InputError naming 'epochs', not a TypeError.
+TrainConfig.__init__ = checked_keywords(TrainConfig.__init__, what="training option")  # type: ignore[method-assign]
+
+
+def train_options() -> list[Declared]:
+    """The declared training options (CLI flags, Fiji keys and labels, help), in field order."""
+    return _TRAIN_OPTIONS
+
+
+_TRAIN_OPTIONS = declared_options(TrainConfig)
+
+
+def check_class_names(names: list[str], classes: int, counted: bool = False) -> None:
+    """Raise InputError unless there is one name per class; ``counted``: ``classes`` came from the labels."""
+    if len(names) == classes:
+        return
+    source = f"largest label {classes - 1} + 1" if counted else f"classes={classes}"
+    raise InputError(
+        f"{len(names)} class names given ({', '.join(names)}) but there are {classes} classes ({source}): "
+        f"give {classes} names, comma-separated, background first"
+        + ("" if counted else ", or leave out classes to count them from the labels")
+    )

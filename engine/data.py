@@ -1,5 +1,8 @@
 """Training data: image/label pairs from files, folders or arrays; validation split; patch sampling.
 
+Array helpers (mirror padding, crops, z-context stacks, finite checks) live in :mod:`engine.arrays`;
+``check_finite``, ``crop_padded`` and ``z_context_stack`` stay importable from here.
+
 A :class:`Sample` holds one image as channel-first pixels ``(C, *spatial)`` in its file's dtype (not
 copied to float, so large stacks can stay memory-mapped) and its labels ``(*spatial)`` as int32 with
 :data:`engine.losses.IGNORE_INDEX` (-1) where nothing is annotated (mask = 0, the ``ignore_label``).
@@ -14,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
+from .arrays import check_finite, crop_padded, fit_window, iter_slabs, plane_patch, z_context_stack  # noqa: F401
 from .axes import as_image, channel_first, spacing_of, spatial_dims
 from .errors import InputError
 from .losses import IGNORE_INDEX
@@ -118,20 +122,6 @@ def make_sample(
         spacing=spacing_of(img),
         dims=spatial_dims(img),
     )
-
-
-def check_finite(pixels: np.ndarray, name: str) -> None:
-    """Raise InputError if a float image holds NaN or infinity (read in slabs: works on memory maps)."""
-    if not np.issubdtype(pixels.dtype, np.floating):
-        return
-    step = max(1, (1 << 24) // max(1, int(np.prod(pixels.shape[2:]))))
-    for index in range(pixels.shape[0]):
-        bad = 0
-        for start in range(0, pixels.shape[1], step):
-            block = np.asarray(pixels[index, start:start + step])
-            bad += int(block.size - np.count_nonzero(np.isfinite(block)))
-        if bad:
-            raise InputError(f"image {name!r} contains {bad} NaN or infinite values in channel {index}")
 
 
 def _resolve_inputs(images: str | Path, labels: str | Path | None, masks: str | Path | None):
@@ -340,20 +330,20 @@ class PatchSampler:
     def _coords(labels: np.ndarray, minimum: int, rng: np.random.Generator) -> np.ndarray | None:
         """Up to ``_FG_SAMPLES`` random coordinates where ``labels >= minimum``, found slab by slab
         along the first axis so huge volumes never need a full-size index array."""
-        step = max(1, (1 << 24) // max(1, int(np.prod(labels.shape[1:]))))
-        counts = [int(np.count_nonzero(labels[i:i + step] >= minimum)) for i in range(0, labels.shape[0], step)]
+        slabs = list(iter_slabs(labels.shape[0], int(np.prod(labels.shape[1:]))))
+        counts = [int(np.count_nonzero(labels[slab] >= minimum)) for slab in slabs]
         total = sum(counts)
         if total == 0:
             return None
         keep = min(total, _FG_SAMPLES)
         picks = np.sort(rng.choice(total, keep, replace=False))  # ranks among all matching voxels
         coords, offset = [], 0
-        for block, (start, count) in enumerate(zip(range(0, labels.shape[0], step), counts)):
+        for slab, count in zip(slabs, counts):
             chosen = picks[(picks >= offset) & (picks < offset + count)] - offset
             if len(chosen):
-                flat = np.flatnonzero(labels[start:start + step] >= minimum)[chosen]
-                found = np.stack(np.unravel_index(flat, labels[start:start + step].shape), axis=1)
-                found[:, 0] += start
+                flat = np.flatnonzero(labels[slab] >= minimum)[chosen]
+                found = np.stack(np.unravel_index(flat, labels[slab].shape), axis=1)
+                found[:, 0] += slab.start
                 coords.append(found)
             offset += count
         return np.concatenate(coords)
@@ -379,49 +369,8 @@ class PatchSampler:
             centre = np.array([rng.integers(0, n) for n in shape])
         window = self.patch if len(shape) == len(self.patch) else (1,) + self.patch
         starts = [int(c) - w // 2 + int(rng.integers(-(w // 4), w // 4 + 1)) for c, w in zip(centre, window)]
-        starts = [min(max(st, min(0, n - w)), max(0, n - w)) for st, n, w in zip(starts, shape, window)]
-        image = crop_padded(s.image, starts, window, channel_axis=True)
+        starts = fit_window(starts, window, shape)
         labels = crop_padded(s.labels, starts, window, channel_axis=False)
-        if len(shape) != len(self.patch):
-            labels = labels[0]
-            if self.z_context > 1:
-                image = z_context_stack(s.image, starts[0], self.z_context, starts[1:], self.patch)
-            else:
-                image = image[:, 0]
-        return image, labels
-
-
-def crop_padded(array: np.ndarray, starts: Sequence[int], size: Sequence[int], *, channel_axis: bool) -> np.ndarray:
-    """Crop ``size`` at ``starts`` from ``array`` (spatial axes after an optional channel axis);
-    parts outside are mirrored (images) or set to IGNORE_INDEX (labels)."""
-    lead = 1 if channel_axis else 0
-    shape = array.shape[lead:]
-    inside = tuple(slice(max(0, st), min(n, st + w)) for st, n, w in zip(starts, shape, size))
-    crop = np.asarray(array[(slice(None),) * lead + inside])
-    before = [max(0, -st) for st in starts]
-    after = [max(0, st + w - n) for st, n, w in zip(starts, shape, size)]
-    if not any(before) and not any(after):
-        return crop
-    pad = [(0, 0)] * lead + list(zip(before, after))
-    if not channel_axis:
-        return np.pad(crop, pad, mode="constant", constant_values=IGNORE_INDEX)
-    mode = "reflect" if all(b < n and a < n for b, a, n in zip(before, after, crop.shape[lead:])) else "symmetric"
-    while True:
-        try:
-            return np.pad(crop, pad, mode=mode)
-        except ValueError:
-            if mode == "edge":
-                raise
-            mode = "edge"
-
-
-def z_context_stack(
-    image: np.ndarray, z: int, z_context: int, starts: Sequence[int] = (0, 0), size: Sequence[int] | None = None
-) -> np.ndarray:
-    """Planes around ``z`` of a ``(C, Z, Y, X)`` image as channels ``(C * z_context, *size)``, cropped
-    at ``starts`` (mirrored beyond the image); plane order as :func:`engine.networks.z2c.stack_z_context`."""
-    from .networks.z2c import z_context_indices
-
-    size = tuple(size) if size is not None else tuple(image.shape[2:])
-    planes = z_context_indices(z, image.shape[1], z_context)
-    return np.concatenate([crop_padded(image[:, p], starts, size, channel_axis=True) for p in planes], axis=0)
+        if len(shape) == len(self.patch):
+            return crop_padded(s.image, starts, window, channel_axis=True), labels
+        return plane_patch(s.image, starts[0], starts[1:], self.patch, self.z_context), labels[0]

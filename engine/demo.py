@@ -59,10 +59,10 @@ def run_demo(out: str | Path = "deepseg-demo", *, three_d: bool = False, epochs:
                          network_options=settings["options"], patch=settings["patch"], batch=settings["batch"],
                          epochs=epochs or settings["epochs"], steps_per_epoch=settings["steps"],
                          class_names=["background", "blob"], classes=2)
-    if imagej:
-        from fiji_bridge.demo import run_imagej_demo
+    if imagej:  # fiji_bridge contributes the runner (entry point deepseg.demo_runners: imagej)
+        from .plugins import DEMO_RUNNERS, load
 
-        run_imagej_demo(config, test_images, predictions, quiet=quiet)
+        load(DEMO_RUNNERS, "imagej")(config, test_images, predictions, quiet=quiet)
     else:
         bar = TqdmProgress(disable=quiet)
         try:

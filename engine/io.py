@@ -13,6 +13,8 @@ Writing
     int16 or float32; other types are converted when lossless or float64 -> float32).
     ``.ome.tif`` / ``.ome.tiff``: OME-TIFF (keeps int8/int32/uint32/float64 too).
     ``.png``: 2D grayscale uint8/uint16 or RGB(A) uint8. Every write is atomic.
+    :class:`TiffPlaneWriter` fills an ImageJ TIFF slab by slab (results larger than memory).
+    Dtype rules (bool, large integers, labels) are :mod:`engine.arrays`'s, shared with the Fiji bridge.
 
 Label images are written by :func:`write_labels` as uint8/uint16 with a glasbey-like LUT so
 Fiji shows each label in its own colour, and read back by :func:`read_labels` as integers.
@@ -32,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from .arrays import fit_dtype, label_array, whole_labels
 from .axes import DIMS, as_image, axes_from_dims, dims_from_axes, spatial_dims
 from .errors import InputError
 from .fileutil import atomic_path, full_suffix
@@ -113,17 +116,8 @@ def read_labels(path: str | Path, axes: str | None = None, *, mmap: bool = False
                 "expected a single-channel integer image (e.g. 8/16-bit grayscale or palette)"
             )
         image = image.isel(ch=0)
-    values = image.data
-    where = f"label image {str(path)!r}"
-    if values.dtype == bool:
-        return image.copy(data=values.astype(np.uint8))
-    if np.issubdtype(values.dtype, np.floating):
-        return image.copy(data=_whole_floats_to_uint(values, where))
-    if not np.issubdtype(values.dtype, np.integer):
-        raise InputError(f"{where} has dtype {values.dtype}; expected integer labels")
-    if np.issubdtype(values.dtype, np.signedinteger) and values.size and values.min() < 0:
-        raise InputError(f"{where} holds negative values (minimum {values.min()}); labels must be >= 0")
-    return image
+    values = whole_labels(image.data, f"label image {str(path)!r}")
+    return image if values is image.data else image.copy(data=values)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -415,9 +409,10 @@ def write_image(
 
     Notes
     -----
-    ImageJ TIFF holds uint8, uint16, int16 and float32: bool becomes uint8, other integers become
-    uint8/uint16/int16 when their values fit (InputError otherwise; use ``.ome.tif``), float64 and
-    float16 become float32.
+    ImageJ TIFF holds uint8, uint16, int16 and float32 (:func:`engine.arrays.fit_dtype`, the rule the
+    Fiji bridge uses too): bool becomes uint8 0/255 (ImageJ's binary images), other integers become
+    uint8/uint16/int16 when their values fit, else float32 when exact (|values| <= 2**24; InputError
+    otherwise: use ``.ome.tif``), float64 and float16 become float32.
     """
     path = Path(path)
     image = as_image(image, axes)
@@ -438,30 +433,60 @@ def write_image(
     return path
 
 
-def create_tiff_memmap(
-    path: str | Path,
-    dims: Sequence[str],
-    shape: Sequence[int],
-    dtype: Any = np.float32,
-    *,
-    spacing: Mapping[str, float] | None = None,
-    unit: str | None = None,
-) -> np.ndarray:
-    """Create an uncompressed ImageJ hyperstack TIFF at ``path`` and return it memory-mapped.
+class TiffPlaneWriter:
+    """An uncompressed ImageJ hyperstack TIFF filled piece by piece, without holding the image.
 
-    ``dims``/``shape`` describe the array in any order of deepseg dims; the returned array has ImageJ's
-    order (t, pln, ch, row, col) restricted to ``dims``. Used to stream results larger than memory
-    straight into their file; callers write to a temporary path and rename (see ``atomic_path``).
+    tifffile writes the header (calibration, LUT) for an empty image of ``shape``; :meth:`write`
+    then stores slabs along one dim with plain file writes at their place in the contiguous pixel
+    data (no memory map, so written pages do not stay in the process). Stacks over 4 GB use
+    ImageJ's own layout for them (one IFD, contiguous pixels), which ImageJ 1.x reads (it does not
+    read BigTIFF) and so does tifffile. Write to a temporary path and rename (``atomic_path``).
+
+    ``dims``/``shape`` describe the image in any order of deepseg dims; the file (and the values
+    given to :meth:`write`) use ImageJ's order (t, pln, ch, row, col) restricted to ``dims``.
     """
-    import tifffile
 
-    sizes = dict(zip(dims, (int(n) for n in shape)))
-    order = tuple(d for d in DIMS if d in sizes)
-    spacing = {d: float(v) for d, v in (spacing or {}).items() if d in sizes}
-    template = xr.DataArray(np.empty((0,) * len(order), dtype), dims=order)
-    options = _imagej_options(axes_from_dims(order), spacing, unit, None, template.data, template)
-    return tifffile.memmap(str(path), shape=tuple(sizes[d] for d in order), dtype=np.dtype(dtype),
-                           imagej=True, photometric="minisblack", **options)
+    def __init__(self, path: str | Path, dims: Sequence[str], shape: Sequence[int], dtype: Any = np.float32, *,
+                 spacing: Mapping[str, float] | None = None, unit: str | None = None,
+                 lut: np.ndarray | None = None) -> None:
+        import tifffile
+
+        sizes = dict(zip(dims, (int(n) for n in shape)))
+        self.dims = tuple(d for d in DIMS if d in sizes)
+        self.shape = tuple(sizes[d] for d in self.dims)
+        self.dtype = np.dtype(dtype)
+        spacing = {d: float(v) for d, v in (spacing or {}).items() if d in sizes}
+        template = xr.DataArray(np.empty((0,) * len(self.dims), self.dtype), dims=self.dims)
+        options = _imagej_options(axes_from_dims(self.dims), spacing, unit,
+                                  None if lut is None else _as_lut(lut), template.data, template)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*truncating ImageJ file")
+            with tifffile.TiffWriter(str(path), imagej=True) as tif:
+                self.offset, _ = tif.write(None, shape=self.shape, dtype=self.dtype, photometric="minisblack",
+                                           returnoffset=True, **options)
+        self._file = open(path, "r+b")
+
+    def write(self, dim: str, start: int, values: np.ndarray) -> None:
+        """Store ``values`` (ImageJ order, every dim complete except ``dim``) at ``start`` along ``dim``."""
+        axis = self.dims.index(dim)
+        expected = self.shape[:axis] + (values.shape[axis],) + self.shape[axis + 1:]
+        if values.shape != expected or not 0 <= start <= self.shape[axis] - values.shape[axis]:
+            raise InputError(f"cannot write {values.shape} at {dim}={start} into {self.shape} {self.dims}")
+        values = np.ascontiguousarray(values, self.dtype)
+        run = int(np.prod(self.shape[axis + 1:], dtype=np.int64)) * self.dtype.itemsize
+        for index in np.ndindex(*self.shape[:axis]):
+            first = int(np.ravel_multi_index(index + (start,), self.shape[: axis + 1]))
+            self._file.seek(self.offset + first * run)
+            self._file.write(memoryview(values[index]).cast("B"))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "TiffPlaneWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def write_labels(
@@ -509,7 +534,7 @@ def write_labels(
         attrs["spacing"] = {k: float(v) for k, v in spacing.items()}
     if unit is not None:
         attrs["unit"] = unit
-    values = _label_array(image.data, f"labels for {str(path)!r}")
+    values = label_array(image.data, f"labels for {str(path)!r}")
     out = xr.DataArray(values, dims=image.dims, attrs=attrs, name=image.name)
     fmt = _write_format(Path(path))
     use_lut = fmt == "imagej" or (fmt == "png" and values.dtype == np.uint8)
@@ -572,58 +597,8 @@ def _as_lut(lut: Any) -> np.ndarray:
     return table.astype(np.uint8)
 
 
-def _label_array(values: np.ndarray, where: str) -> np.ndarray:
-    """Labels as uint8 (max <= 255) or uint16, after checking they are whole and non-negative."""
-    if values.dtype == bool:
-        return values.astype(np.uint8)
-    if np.issubdtype(values.dtype, np.floating):
-        values = _whole_floats_to_uint(values, where)
-    if not np.issubdtype(values.dtype, np.integer):
-        raise InputError(f"{where} have dtype {values.dtype}; expected integer labels")
-    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-    if low < 0:
-        raise InputError(f"{where} hold negative values (minimum {low}); labels must be >= 0")
-    if high > 65535:
-        raise InputError(f"{where} hold the label {high}; label images hold at most 65535 (uint16)")
-    target = np.uint8 if high <= 255 else np.uint16
-    return values if values.dtype == target else values.astype(target)
-
-
-def _whole_floats_to_uint(values: np.ndarray, where: str) -> np.ndarray:
-    bad = ~np.isfinite(values) | (values != np.floor(values))
-    if bad.any():
-        raise InputError(f"{where} holds non-integer values (e.g. {values[bad].flat[0]!r}); expected integer labels")
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if low < 0:
-        raise InputError(f"{where} holds negative values (minimum {low:g}); labels must be >= 0")
-    target = np.uint8 if high <= 255 else np.uint16 if high <= 65535 else np.uint32 if high <= _UINT32_MAX else np.uint64
-    return values.astype(target)
-
-
 def _canonical(image: xr.DataArray) -> xr.DataArray:
     return image.transpose(*[d for d in DIMS if d in image.dims])
-
-
-def _fit_dtype(values: np.ndarray, allowed: tuple[str, ...], where: str) -> np.ndarray:
-    """Convert ``values`` to a dtype in ``allowed`` (numpy type codes) without losing values."""
-    dtype = values.dtype
-    if dtype.str[1:] in allowed:
-        return values
-    if dtype == bool:
-        return values.astype(np.uint8)
-    if np.issubdtype(dtype, np.floating):
-        return values.astype(np.float32)
-    if np.issubdtype(dtype, np.integer):
-        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        for candidate in ("u1", "u2", "i2", "u4", "i4"):
-            info = np.iinfo(np.dtype(candidate))
-            if candidate in allowed and info.min <= low and high <= info.max:
-                return values.astype(candidate)
-        raise InputError(
-            f"{where}: {dtype} values {low}..{high} do not fit the integer types this format holds "
-            f"({', '.join(np.dtype(a).name for a in allowed if a[0] in 'ui')}); write .ome.tif or convert to float32"
-        )
-    raise InputError(f"{where}: dtype {dtype} cannot be written; expected integers, bool or floats")
 
 
 def _write_tiff(path: Path, image: xr.DataArray, *, ome: bool, compression: str | None, lut: np.ndarray | None) -> None:
@@ -631,7 +606,8 @@ def _write_tiff(path: Path, image: xr.DataArray, *, ome: bool, compression: str 
 
     image = _canonical(image)
     allowed = ("u1", "u2", "u4", "i1", "i2", "i4", "f4", "f8") if ome else ("u1", "u2", "i2", "f4")
-    data = _fit_dtype(np.asarray(image.data), allowed, f"image for {path.name!r}")
+    hint = "" if ome else "; write .ome.tif or convert to float32"
+    data = fit_dtype(np.asarray(image.data), allowed, f"image for {path.name!r}", hint)
     axes = axes_from_dims(image.dims)
     spacing = {d: float(v) for d, v in (image.attrs.get("spacing") or {}).items() if d in image.dims}
     unit = image.attrs.get("unit")
@@ -708,7 +684,7 @@ def _png_pixels(image: xr.DataArray, path: Path, palette: bool) -> tuple[np.ndar
     image = _canonical(image)
     values = np.asarray(image.data)
     if values.dtype == bool:
-        values = values.astype(np.uint8)
+        values = fit_dtype(values, ("u1",), f"image for {path.name!r}")
     dims, dtype = tuple(image.dims), values.dtype
     if dims == ("row", "col") and dtype in (np.uint8, np.uint16) and not (palette and dtype != np.uint8):
         return values, ("P" if palette else "L" if dtype == np.uint8 else "I;16")

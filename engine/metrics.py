@@ -422,6 +422,97 @@ def evaluate(
     return Report(matrix, names)
 
 
+@dataclass
+class FolderReport:
+    """A folder evaluation: one :class:`Report` per image (by file name) and ``total``, all voxels together."""
+
+    images: list[tuple[str, Report]]
+    total: Report
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per image, then ``"all"``: the summary values and ``dice_<class>``/``iou_<class>``."""
+        return [metrics_row(name, report) for name, report in self.images] + [metrics_row("all", self.total)]
+
+    def summary(self) -> str:
+        """A text table: one line per image and ``all``, with the foreground Dice, mean IoU and accuracy."""
+        width = max(len(name) for name, _ in [*self.images, ("all", None)])
+        lines = [f"{'image':<{width}}  {'foreground Dice':>15}  {'mean IoU':>8}  {'accuracy':>8}"]
+        for name, report in [*self.images, ("all", self.total)]:
+            lines.append(f"{name:<{width}}  {_fmt(report.mean_foreground_dice):>15}  {_fmt(report.mean_iou):>8}  "
+                         f"{_fmt(report.global_accuracy):>8}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"images": {name: report.as_dict() for name, report in self.images}, "all": self.total.as_dict()}
+
+    def to_json(self, path: str | Path) -> Path:
+        """Every image's report and the total as JSON."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.as_dict(), indent=2))
+        return Path(path)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """:meth:`rows` as CSV (one line per image, then ``all``)."""
+        rows = self.rows()
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+        return Path(path)
+
+
+def metrics_row(name: str, report: Report) -> dict[str, Any]:
+    """``{"image": name, <summary values>, "dice_<class>": ..., "iou_<class>": ...}`` (spaces in class names: _)."""
+    row: dict[str, Any] = {"image": name}
+    row.update({k: float(v) for k, v in report.summary_values().items()})
+    for class_name, dice, iou in zip(report.class_names, report.dice, report.iou):
+        column = "_".join(str(class_name).split())
+        row[f"dice_{column}"] = float(dice)
+        row[f"iou_{column}"] = float(iou)
+    return row
+
+
+def file_pairs(prediction_dir: str | Path, truth_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Predicted and true label files paired by name, extension ignored (``a.tif`` with ``a.png``)."""
+    from .fileutil import full_suffix
+    from .io import list_images
+
+    def stem(path: Path) -> str:
+        return path.name[: len(path.name) - len(full_suffix(path))]
+
+    truths = {stem(p): p for p in list_images(truth_dir)}
+    pairs = [(p, truths[stem(p)]) for p in list_images(prediction_dir) if stem(p) in truths]
+    if not pairs:
+        raise InputError(f"no file in {str(prediction_dir)!r} has a namesake in {str(truth_dir)!r}: predictions "
+                         "and truths are paired by file name (extension ignored)")
+    return pairs
+
+
+def evaluate_folders(
+    prediction_dir: str | Path,
+    truth_dir: str | Path,
+    *,
+    classes: int | None = None,
+    ignore_label: int | None = None,
+    class_names: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> FolderReport:
+    """Evaluate every predicted label file against its namesake in ``truth_dir`` (see :func:`file_pairs`).
+
+    Every image counts the same classes: ``classes``, else ``len(class_names)``, else the largest label
+    of any image + 1. Files without a namesake are left out. Options as in :func:`evaluate`.
+    """
+    pairs = file_pairs(prediction_dir, truth_dir)
+    if classes is None and class_names is None:  # the most any image has
+        classes = max(max(2, _largest(_read(pred, labels=True), None) + 1,
+                          _largest(_read(true, labels=True), ignore_label) + 1) for pred, true in pairs)
+    reports = [(pred.name, evaluate(pred, true, classes=classes, ignore_label=ignore_label, class_names=class_names,
+                                    progress=progress)) for pred, true in pairs]
+    total = Report(sum((r.confusion for _, r in reports), np.zeros_like(reports[0][1].confusion)),
+                   reports[0][1].class_names)
+    return FolderReport(reports, total)
+
+
 def _read(value: Any, *, labels: bool) -> Any:
     """Read a path (TIFFs memory-mapped when possible, quietly: it only saves memory here)."""
     if not isinstance(value, (str, Path)):

@@ -1,14 +1,13 @@
 """Apply a trained model to whole images and huge volumes: normalization, tiling, labels, probabilities.
 
 :func:`predict` works in memory and returns DataArrays. :func:`predict_file` streams a TIFF through
-the network into label (and optional probability) TIFFs on disk, memory-mapping input and outputs, so
-volumes larger than RAM can be segmented.
+the network into a label (and optional probability) TIFF on disk: the input is memory-mapped, and
+each finished slab is turned into labels and written at once, so memory does not grow with the
+number of planes and volumes larger than RAM can be segmented.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,12 @@ import torch
 import xarray as xr
 
 from .axes import as_image, channel_first, like, spatial_dims
-from .data import check_finite, z_context_stack
+from .arrays import check_finite, label_dtype, z_context_stack  # label_dtype: re-exported
 from .errors import InputError
 from .model_files import LoadedModel, load_model
+from .options import checked_keywords
 from .progress import Progress, ProgressCallback, report
-from .tiling import predict_tiled
-
-_IN_MEMORY_BYTES = 1 << 30  # probability maps larger than this go to a temporary file
+from .tiling import ArraySink, TileSink, predict_tiled
 
 
 @dataclass
@@ -35,10 +33,6 @@ class Prediction:
 
     labels: xr.DataArray
     probabilities: xr.DataArray | None = None
-
-
-def label_dtype(classes: int) -> np.dtype:
-    return np.dtype(np.uint8 if classes <= 256 else np.uint16)
 
 
 def default_tile(model: LoadedModel, spatial_shape: Sequence[int]) -> tuple[int, ...]:
@@ -51,6 +45,19 @@ def default_tile(model: LoadedModel, spatial_shape: Sequence[int]) -> tuple[int,
     plane = list(spatial_shape)[-net.spatial_dims:]
     tile = [min(t, max(p, 1)) if p >= t // 2 else t for t, p in zip(tile, plane)]
     return net.valid_input_shape(tile)
+
+
+def grid_factor(network: Any, tile: Sequence[int]) -> tuple[int, ...]:
+    """Per axis, the network's down-sampling factor: the gap between the accepted input sizes around
+    ``tile`` (``2**depth`` for a U-Net, 1 for a network taking any size). Tiles placed on multiples
+    of it see the pooling grid of one untiled pass, so valid padding is seamless.
+
+    >>> from engine.networks import build
+    >>> grid_factor(build("unet3d_aniso", depth=2, filters=2), (16, 32, 32))
+    (2, 4, 4)
+    """
+    valid = network.valid_input_shape(tile)
+    return tuple(b - a for a, b in zip(valid, network.valid_input_shape([v + 1 for v in valid])))
 
 
 def make_predictor(model: LoadedModel, tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -99,10 +106,15 @@ def _check_image(model: LoadedModel, image: xr.DataArray) -> np.ndarray:
     return pixels
 
 
-def _probabilities(model: LoadedModel, pixels: np.ndarray, *, tile, overlap, blend, batch_size, tta,
-                   out, progress) -> np.ndarray:
-    """Blended class probabilities ``(K, *spatial)`` for channel-first ``pixels``."""
-    norm = model.normalization.image_statistics(pixels)
+def _probabilities(model: LoadedModel, pixels: Any, *, tile, overlap, blend, batch, tta, out: TileSink | None,
+                   progress, region: tuple[slice, ...] | None = None, norm: Any = None) -> np.ndarray | TileSink:
+    """Blended class probabilities ``(K, *spatial)`` for channel-first ``pixels``, returned, or written
+    to the sink ``out`` slab by slab (in increasing order along the first spatial axis).
+
+    ``region`` (slices over the spatial axes) limits the work to that part of the image, with the
+    tiles of a whole-image run (blockwise prediction); ``norm`` is the normalization with its image
+    statistics (default: computed from ``pixels``, which a block must not do on its own)."""
+    norm = norm if norm is not None else model.normalization.image_statistics(pixels)
     net = model.network
     tile = tuple(tile) if tile is not None else default_tile(model, pixels.shape[1:])
     if len(tile) == 1:
@@ -112,19 +124,22 @@ def _probabilities(model: LoadedModel, pixels: np.ndarray, *, tile, overlap, ble
     tile = net.valid_input_shape(tile)
     predictor = make_predictor(model, tta)
     preprocess = lambda batch: norm.apply(batch, channel_axis=1)  # noqa: E731
-    batch_size = batch_size or (8 if net.spatial_dims == 2 else 2)
-    kwargs = dict(overlap=overlap, blend=blend, batch_size=batch_size, preprocess=preprocess)
+    kwargs = dict(tile=tile, overlap=overlap, blend=blend, batch=batch or (8 if net.spatial_dims == 2 else 2),
+                  preprocess=preprocess, grid=grid_factor(net, tile))
     if net.z_context == 1:
-        return predict_tiled(predictor, pixels, tile, out=out, progress=progress, **kwargs)
-    depth = pixels.shape[1]
-    result = out if out is not None else np.empty((model.classes,) + pixels.shape[1:], np.float32)
-    for z in range(depth):
-        stack = z_context_stack(pixels, z, net.z_context)
-        result[:, z] = predict_tiled(predictor, stack, tile, **kwargs)
-        report(progress, Progress("predict", z + 1, depth, f"slice {z + 1}/{depth}"))
-    return result
+        return predict_tiled(pixels, predictor, out=out, region=region, progress=progress, **kwargs)
+    region = region or tuple(slice(0, n) for n in pixels.shape[1:])
+    shape = tuple(r.stop - r.start for r in region)
+    result = np.empty((model.classes, *shape), np.float32) if out is None else None
+    sink = ArraySink(result, origin=[r.start for r in region]) if out is None else out
+    for done, z in enumerate(range(region[0].start, region[0].stop), 1):
+        probs = predict_tiled(z_context_stack(pixels, z, net.z_context), predictor, region=region[1:], **kwargs)
+        sink.write((slice(z, z + 1), *region[1:]), probs[:, None])
+        report(progress, Progress("predict", done, shape[0], f"slice {done}/{shape[0]}"))
+    return out if out is not None else result
 
 
+@checked_keywords
 def predict(
     model: LoadedModel | str | Path,
     image: xr.DataArray | np.ndarray,
@@ -133,7 +148,7 @@ def predict(
     tile: Sequence[int] | None = None,
     overlap: float = 0.25,
     blend: str = "gaussian",
-    batch_size: int | None = None,
+    batch: int | None = None,
     device: str | None = "auto",
     probabilities: bool = False,
     tta: bool = False,
@@ -142,20 +157,22 @@ def predict(
     """Segment ``image`` with a model (folder path or :class:`LoadedModel`).
 
     The image is a DataArray (or numpy with ``axes`` such as ``"ZYX"``); a ``t`` axis is segmented
-    time point by time point. ``tile`` defaults to the training patch (at least 256 px in 2D);
-    ``overlap`` is the fraction shared by neighbouring tiles; ``blend`` is "gaussian" or "mean";
-    ``tta`` adds mirroring test-time augmentation. A 2D model segments a stack slice by slice.
+    time point by time point. ``tile`` defaults to the training patch (at least 256 px in 2D) and is
+    placed on the network's down-sampling grid; ``overlap`` is the fraction shared by neighbouring
+    tiles; ``blend`` is "gaussian" or "mean"; ``batch`` is tiles per network call (default 8 in 2D,
+    2 in 3D); ``tta`` adds mirroring test-time augmentation. A 2D model segments a stack slice by
+    slice. ``probabilities=True`` also returns the class probabilities.
     """
     model = load_model(model, device=device)
     img = as_image(image, axes)
     if "t" in img.dims:
-        parts = [predict(model, img.isel(t=i), tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
+        parts = [predict(model, img.isel(t=i), tile=tile, overlap=overlap, blend=blend, batch=batch,
                          probabilities=probabilities, tta=tta, progress=progress) for i in range(img.sizes["t"])]
         labels = xr.concat([p.labels for p in parts], dim="t")
         probs = xr.concat([p.probabilities for p in parts], dim="t") if probabilities else None
         return Prediction(labels, probs)
     pixels = _check_image(model, img)
-    probs = _probabilities(model, pixels, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
+    probs = _probabilities(model, pixels, tile=tile, overlap=overlap, blend=blend, batch=batch,
                            tta=tta, out=None, progress=progress)
     labels = probs.argmax(0).astype(label_dtype(model.classes))
     name = f"{img.name}-labels" if img.name else "labels"
@@ -166,6 +183,29 @@ def predict(
     return result
 
 
+class LabelFileSink:
+    """A :class:`~engine.tiling.TileSink` that turns each finished slab into labels at once, counts
+    the voxels per class and writes the labels (and, when given, the probabilities) to TIFF writers
+    (:class:`engine.io.TiffPlaneWriter`, or anything with ``write(dim, start, values)``)."""
+
+    def __init__(self, dims: Sequence[str], classes: int, labels: Any, probabilities: Any = None) -> None:
+        self.dims, self.labels, self.probabilities = tuple(dims), labels, probabilities
+        self.dtype = label_dtype(classes)
+        self.counts = np.zeros(classes, np.int64)
+
+    def write(self, region: tuple[slice, ...], values: np.ndarray) -> None:
+        labels = np.empty(values.shape[1:], self.dtype)
+        for plane in range(values.shape[1]):  # argmax plane by plane: no int64 copy of the slab
+            labels[plane] = values[:, plane].argmax(0)
+        self.counts += np.bincount(labels.ravel(), minlength=len(self.counts))
+        self.labels.write(self.dims[0], region[0].start, labels)
+        if self.probabilities is not None:
+            # ImageJ order puts the channel after the planes: (pln, ch, row, col), else (ch, row, col).
+            order = np.moveaxis(values, 0, 1) if self.dims[0] == "pln" else values
+            self.probabilities.write(self.dims[0], region[0].start, order)
+
+
+@checked_keywords
 def predict_file(
     model: LoadedModel | str | Path,
     input_path: str | Path,
@@ -176,67 +216,52 @@ def predict_file(
     tile: Sequence[int] | None = None,
     overlap: float = 0.25,
     blend: str = "gaussian",
-    batch_size: int | None = None,
+    batch: int | None = None,
     device: str | None = "auto",
     tta: bool = False,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Segment an image file into a label TIFF (and a probability TIFF), streaming through disk.
 
-    The input is memory-mapped when possible; probabilities go to ``probabilities_path`` (an ImageJ
-    hyperstack, one channel per class) or, when larger than 1 GiB, to a temporary file, and labels
-    are computed slab by slab. Outputs appear only when complete (written under temporary names).
-    Returns a summary dict (paths, shape, class voxel counts).
+    The input is memory-mapped when possible. Each slab of planes is turned into labels as soon as
+    no later tile touches it and written to the label TIFF (ImageJ hyperstack with the label LUT and
+    the input's calibration); probabilities (float32, one channel per class) only when
+    ``probabilities_path`` is given, written the same way. Memory holds one slab of tiles, not the
+    volume. Outputs appear only when complete (written under temporary names). A time series is
+    segmented in memory. Returns a summary dict (paths, shape, dims, class voxel counts).
     """
     from .fileutil import atomic_path, refuse_overwriting
-    from .io import create_tiff_memmap, read_image, write_image, write_labels
+    from .io import TiffPlaneWriter, glasbey_lut, read_image, write_image, write_labels
 
     refuse_overwriting({"the labels output": labels_path, "the probabilities output": probabilities_path},
                        {"the input image": input_path})
     model = load_model(model, device=device)
     img = read_image(input_path, axes=axes, mmap=True)
+    run = dict(tile=tile, overlap=overlap, blend=blend, batch=batch, tta=tta, progress=progress)
     if "t" in img.dims:
-        result = predict(model, img, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
-                         probabilities=probabilities_path is not None, tta=tta, progress=progress)
+        result = predict(model, img, probabilities=probabilities_path is not None, **run)
         write_labels(labels_path, result.labels)
         if probabilities_path is not None:
             write_image(probabilities_path, result.probabilities)
         return {"labels": str(labels_path), "probabilities": str(probabilities_path) if probabilities_path else None}
     pixels = _check_image(model, img)
-    spatial = pixels.shape[1:]
-    classes = model.classes
-    dims = spatial_dims(img)
-    run = dict(tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, progress=progress)
-    for target in (labels_path, probabilities_path):
-        if target is not None:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
+    spatial, dims, classes = pixels.shape[1:], spatial_dims(img), model.classes
+    calibration = dict(spacing=img.attrs.get("spacing"), unit=img.attrs.get("unit"))
     with ExitStack() as stack:
+        target = stack.enter_context(atomic_path(labels_path))
+        labels = stack.enter_context(TiffPlaneWriter(target, dims, spatial, label_dtype(classes),
+                                                     lut=glasbey_lut(), **calibration))
+        probs = None
         if probabilities_path is not None:
-            # Stream straight into the final ImageJ hyperstack (one channel per class) on disk.
-            tmp = stack.enter_context(atomic_path(probabilities_path))
-            store = create_tiff_memmap(tmp, ("ch",) + dims, (classes,) + spatial, np.float32,
-                                       spacing=img.attrs.get("spacing"), unit=img.attrs.get("unit"))
-            out = np.moveaxis(store, 1, 0) if "pln" in dims else store  # ImageJ order is (pln, ch, ...)
-        elif 4 * classes * int(np.prod(spatial)) > _IN_MEMORY_BYTES:
-            temp_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="deepseg-", dir=Path(labels_path).parent))
-            out = np.lib.format.open_memmap(os.path.join(temp_dir, "probabilities.npy"), mode="w+",
-                                            dtype=np.float32, shape=(classes,) + spatial)
-        else:
-            out = None
-        probs = _probabilities(model, pixels, out=out, **run)
-        labels = np.empty(spatial, dtype=label_dtype(classes))
-        step = max(1, int(64 * 2**20 // max(1, 4 * classes * int(np.prod(spatial[1:])))))
-        for start in range(0, spatial[0], step):
-            labels[start:start + step] = np.asarray(probs[:, start:start + step]).argmax(0)
-        if probabilities_path is not None:
-            store.flush()
-            del out, probs, store
-        counts = np.bincount(labels.ravel(), minlength=classes)
-        write_labels(labels_path, like(labels, img, name="labels"))
+            target = stack.enter_context(atomic_path(probabilities_path))
+            probs = stack.enter_context(TiffPlaneWriter(target, ("ch", *dims), (classes, *spatial), np.float32,
+                                                        **calibration))
+        sink = LabelFileSink(dims, classes, labels, probs)
+        _probabilities(model, pixels, out=sink, **run)
     return {
         "labels": str(labels_path),
         "probabilities": str(probabilities_path) if probabilities_path else None,
         "shape": list(spatial),
-        "dims": list(spatial_dims(img)),
-        "class_voxels": {name: int(c) for name, c in zip(model.class_names, counts)},
+        "dims": list(dims),
+        "class_voxels": {name: int(c) for name, c in zip(model.class_names, sink.counts)},
     }

@@ -1,4 +1,8 @@
-"""``deepseg macro`` and ``deepseg doctor`` (engine/cli.py dispatches to these)."""
+"""The bridge's ``deepseg`` subcommands: ``macro``, ``doctor`` and ``fiji``.
+
+The engine knows nothing of them: pyproject.toml lists them under the ``deepseg.commands`` entry points
+(each a :class:`Subcommand`), which ``engine.cli`` discovers and dispatches to.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from engine.errors import Cancelled, DeepSegError
 
@@ -108,3 +114,24 @@ def _install_plugin(target: Path) -> int:
     print(f"installed {installed}; restart Fiji: the commands are under Plugins > deepseg "
           "(they run when Fiji is started from Python with fiji_bridge.start(ij=...))")
     return EXIT_OK
+
+
+def fiji_main(argv: list[str]) -> int:
+    """``deepseg fiji`` (see :mod:`fiji_bridge.launcher`)."""
+    from .launcher import fiji_main as main
+
+    return main(argv)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A ``deepseg`` subcommand contributed through the ``deepseg.commands`` entry points: its one-line
+    help for ``deepseg --help`` and its ``main(argv) -> exit status`` (which parses its own options)."""
+
+    help: str
+    main: Callable[[list[str]], int]
+
+
+MACRO = Subcommand("run an ImageJ macro (.ijm) with deepseg commands, headless", macro_main)
+DOCTOR = Subcommand("check Java, ImageJ/Fiji, display, torch device and memory", doctor_main)
+FIJI = Subcommand("open ImageJ's window with the Plugins > deepseg commands", fiji_main)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from engine.errors import Cancelled, InputError
 
 from .macro import CANCELLED_PREFIX
-from .options import CommandSpec, Option, tokenize
+from .options import CommandSpec, Option, declared_option
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -44,56 +44,25 @@ def spec(command: str) -> CommandSpec:
             Option("model", "folder", "", "the trained model folder", label="Model folder", required=True),
             Option("image", "image", "", "image to segment: an open image's title or a file (empty: the active image)",
                    label="Image"),
-            Option("tile", "size", None, "tile size in pixels (0: the model's default)", label="Tile size"),
+            Option("tile", "size", None, "tile size in pixels (auto: the model's default)", label="Tile size"),
             Option("overlap", "float", 0.25, "fraction of a tile shared with its neighbours", label="Overlap",
                    minimum=0.0, maximum=0.9),
             Option("blend", "choice", "gaussian", "how overlapping tiles are combined", label="Blend",
                    choices=("gaussian", "mean")),
             Option("output", "choice", "labels", "what to show", label="Output",
                    choices=("labels", "probabilities", "both")),
-            Option("batch", "int", 0, "tiles per forward pass (0: automatic)", label="Batch size", minimum=0),
+            Option("batch", "int", None, "tiles per forward pass (auto: 8 in 2D, 2 in 3D)", label="Batch size",
+                   minimum=1, auto="auto"),
             Option("tta", "bool", False, "mirroring test-time augmentation (slower, smoother)",
                    label="TTA (test-time augmentation)"),
             _DEVICE,
         ))
     if command == TRAIN:
-        from engine.config import OPTIMIZERS, SCHEDULES
-        from engine.losses import LOSSES
-        from engine.networks import list_networks
-        from engine.normalization import METHODS
+        from engine.config import train_options
 
         return CommandSpec(TRAIN, "Train a segmentation network on an image and its label image (open images "
-                           "or files), or on folders of them; saves a model folder.", (
-            Option("images", "image", "", "training image(s): an open image, a file, a folder, or a DeepMIB "
-                   "training folder (Images/, Labels/)", label="Images"),
-            Option("labels", "image", "", "label image(s): an open image, a file or a folder (empty with a "
-                   "DeepMIB folder)", label="Labels"),
-            Option("out", "folder", "", "folder for the trained model", label="Out (model folder)", required=True),
-            Option("network", "choice", "unet2d", "network architecture", label="Network",
-                   choices=tuple(list_networks())),
-            Option("options", "string", "", "network options, e.g. depth=3 filters=16", label="Options"),
-            Option("patch", "size", None, "training patch size (0: derived from the data)", label="Patch size"),
-            Option("epochs", "int", 50, "passes over the training data", label="Epochs", minimum=1),
-            Option("batch", "int", 0, "patches per step (0: 4 in 2D, 2 in 3D)", label="Batch size", minimum=0),
-            Option("steps", "int", 0, "steps per epoch (0: about one pass over the data)", label="Steps per epoch",
-                   minimum=0),
-            Option("classes", "int", 0, "number of classes incl. background (0: largest label + 1)", label="Classes",
-                   minimum=0),
-            Option("names", "string", "", "class names, comma-separated, background first", label="Names of classes"),
-            Option("lr", "float", 1e-3, "learning rate", label="LR (learning rate)", minimum=1e-12),
-            Option("optimizer", "choice", "adam", "optimizer", label="Optimizer", choices=OPTIMIZERS),
-            Option("schedule", "choice", "poly", "learning-rate schedule", label="Schedule", choices=SCHEDULES),
-            Option("loss", "choice", "ce_dice", "loss function", label="Loss", choices=LOSSES),
-            Option("normalization", "choice", "zscore", "intensity normalization", label="Normalization",
-                   choices=METHODS),
-            Option("validation", "float", 0.25, "fraction of the data kept for validation", label="Validation fraction",
-                   minimum=0.0, maximum=0.95),
-            Option("seed", "int", 2, "random seed", label="Seed"),
-            Option("axes", "string", "", "axes of image files that do not record them, e.g. ZYX", label="Axes"),
-            Option("resume", "folder", "", "model folder of an interrupted run to continue", label="Resume from"),
-            Option("init", "folder", "", "model folder to start from (transfer learning)", label="Init from model"),
-            _DEVICE,
-        ))
+                           "or files), or on folders of them; saves a model folder.",
+                           tuple(declared_option(d) for d in train_options() if d.key))
     if command == EVALUATE:
         return CommandSpec(EVALUATE, "Compare predicted label images with the ground truth; shows the metrics "
                            "in the Results table (one row per image, plus 'all' for folders).", (
@@ -101,7 +70,8 @@ def spec(command: str) -> CommandSpec:
                    label="Prediction"),
             Option("truth", "image", "", "ground-truth labels: an open image, a file or a folder", label="Truth",
                    required=True),
-            Option("classes", "int", 0, "number of classes (0: largest label + 1)", label="Classes", minimum=0),
+            Option("classes", "int", None, "number of classes (auto: largest label + 1)", label="Classes",
+                   minimum=1, auto="auto"),
             Option("ignore", "int", -1, "truth label to leave out (-1: none)", label="Ignore label", minimum=-1),
             Option("names", "string", "", "class names, comma-separated, background first", label="Names of classes"),
             Option("csv", "file", "", "also save per-class metrics to this CSV file", label="CSV file"),
@@ -173,10 +143,10 @@ class CommandRunner:
             return command_spec.parse(options)
         from .dialog import ask
 
-        current = self.session.current_image()
+        current = self.session.current_image()  # preselected where "" means the active image anyway
         initial = {o.key: str(current.getTitle()) for o in command_spec.options
                    if o.kind == "image" and current is not None and o.key in ("image", "images", "prediction")}
-        return ask(command_spec, initial)
+        return ask(command_spec, initial, titles=self.session.image_titles())
 
     # --------------------------------------------------------------------------------------- helpers
 
@@ -272,7 +242,7 @@ class CommandRunner:
         output = values["output"]
         prediction = predict(
             model, image, tile=values["tile"], overlap=values["overlap"], blend=values["blend"],
-            batch_size=values["batch"] or None, probabilities=output != "labels", tta=values["tta"],
+            batch=values["batch"] or None, probabilities=output != "labels", tta=values["tta"],
             progress=self.progress(PREDICT),
         )
         from . import convert
@@ -306,31 +276,12 @@ class CommandRunner:
             labels = read_labels(labels)
         elif not in_memory and labels is not None and not isinstance(labels, Path):
             raise InputError("images is a file or folder but labels is an open image: give both as files, or both open")
-        names = [n.strip() for n in values["names"].split(",") if n.strip()] or None
-        config = TrainConfig(
-            images=None if in_memory else str(images),
-            labels=None if in_memory or labels is None else str(labels),
-            axes=values["axes"] or None,
-            out=str(Path(values["out"]).expanduser()),
-            network=values["network"],
-            network_options=network_options(values["options"]),
-            patch=_patch(values["patch"]),
-            epochs=values["epochs"],
-            batch=values["batch"] or None,
-            steps_per_epoch=values["steps"] or None,
-            classes=values["classes"] or None,
-            class_names=names,
-            lr=values["lr"],
-            optimizer=values["optimizer"],
-            schedule=values["schedule"],
-            loss=values["loss"],
-            normalization=values["normalization"],
-            validation_fraction=values["validation"],
-            seed=values["seed"],
-            device=values["device"],
-            resume=values["resume"] or None,
-            init_from=values["init"] or None,
-        )
+        config = TrainConfig(**{
+            **train_config_values(values),
+            "images": None if in_memory else str(images),
+            "labels": None if in_memory or labels is None else str(labels),
+            "out": str(Path(values["out"]).expanduser()),
+        })
         trained = train(config, images=[images] if in_memory else None, labels=[labels] if in_memory else None,
                         progress=self.progress(TRAIN))
         rows = [{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in trained.history]
@@ -339,29 +290,38 @@ class CommandRunner:
         self.session.IJ.log(f"{TRAIN.rstrip('.')}: model saved to {trained.model_dir}")
 
     def evaluate(self, values: dict[str, Any], result: "CommandResult") -> None:
-        from engine.metrics import Report, evaluate
+        from engine.fileutil import refuse_overwriting
+        from engine.io import list_images
+        from engine.metrics import evaluate, evaluate_folders, metrics_row
 
-        prediction, _ = self.image_or_path(values["prediction"], "prediction", labels=True)
-        truth, _ = self.image_or_path(values["truth"], "truth", labels=True)
+        prediction, prediction_imp = self.image_or_path(values["prediction"], "prediction", labels=True)
+        truth, truth_imp = self.image_or_path(values["truth"], "truth", labels=True)
+        csv = Path(values["csv"]).expanduser() if values["csv"] else None
+        inputs: dict[str, Any] = {}
+        for what, given, imp in (("prediction", prediction, prediction_imp), ("truth", truth, truth_imp)):
+            info = imp.getOriginalFileInfo() if imp is not None else None  # the file an open image came from
+            opened = info is not None and info.directory and info.fileName
+            source = given if isinstance(given, Path) else Path(str(info.directory), str(info.fileName)) if opened else None
+            inputs[f"the {what}"] = source
+            if source is not None and source.is_dir():
+                inputs.update({f"{f.name!r} in the {what} folder": f for f in list_images(source)})
+        refuse_overwriting({"csv": csv}, inputs)
         names = [n.strip() for n in values["names"].split(",") if n.strip()] or None
         kwargs = dict(classes=values["classes"] or None, ignore_label=None if values["ignore"] < 0 else values["ignore"],
-                      class_names=names)
-        pairs = _pairs(prediction, truth)
-        reports = [(label, evaluate(pred, true, progress=self.progress(EVALUATE), **kwargs)) for label, pred, true in pairs]
-        classes = {report.classes for _, report in reports}
-        if len(classes) > 1:  # folders: every image must count the same classes (the most any image has)
-            kwargs["classes"] = max(classes)
-            reports = [(label, evaluate(pred, true, **kwargs)) for label, pred, true in pairs]
-        rows = [_metrics_row(label, report) for label, report in reports]
-        if len(reports) > 1:
-            total = Report(sum(r.confusion for _, r in reports), reports[0][1].class_names)
-            rows.append(_metrics_row("all", total))
-            final = total
+                      class_names=names, progress=self.progress(EVALUATE))
+        folders = [isinstance(v, Path) and v.is_dir() for v in (prediction, truth)]
+        if folders[0] != folders[1]:
+            raise InputError("prediction and truth must both be folders, or both single images")
+        if folders[0]:  # one row per image, then "all"
+            report = evaluate_folders(prediction, truth, **kwargs)
+            rows, final = report.rows(), report.total
         else:
-            final = reports[0][1]
+            final = evaluate(prediction, truth, **kwargs)
+            label = prediction.name if isinstance(prediction, Path) else str(getattr(prediction, "name", "image"))
+            rows = [metrics_row(label, final)]
         self.show_table(rows, result)
-        if values["csv"]:
-            final.to_csv(Path(values["csv"]).expanduser())
+        if csv is not None:
+            final.to_csv(csv)
         result.info = {"report": final.as_dict()}
 
     def model_info(self, values: dict[str, Any], result: "CommandResult") -> None:
@@ -382,7 +342,18 @@ class CommandRunner:
             self.show_table(rows, result)
             result.info = {"model": str(model.path), "layers": [row["layer"] for row in rows]}
             return
+        from engine.fileutil import refuse_overwriting
+
         image, imp = self.image_or_path(values["image"], "image")
+        tif = png = None
+        if values["out"]:
+            out_path = Path(values["out"]).expanduser()
+            png = out_path.with_suffix(".png")
+            tif = out_path.with_suffix(".tif") if png == out_path else out_path
+        info = imp.getOriginalFileInfo() if imp is not None else None  # the file an open image came from
+        opened = info is not None and info.directory and info.fileName
+        source = image if isinstance(image, Path) else Path(str(info.directory), str(info.fileName)) if opened else None
+        refuse_overwriting({"out": tif, "the montage": png}, {"the image": source})
         if isinstance(image, Path):
             from engine.io import read_image
 
@@ -390,13 +361,7 @@ class CommandRunner:
                 raise InputError(f"image={str(image)!r} is a folder; give one image")
             image = read_image(image)
         features = act.image_activations(model, image, layer)
-        out = values["out"]
-        written = []
-        if out:
-            out_path = Path(out).expanduser()
-            png = out_path.with_suffix(".png")
-            tif = out_path.with_suffix(".tif") if png == out_path else out_path
-            written = act.save_activations(features, tif_path=tif, png_path=png)
+        written = act.save_activations(features, tif_path=tif, png_path=png) if tif is not None else []
         from . import convert
 
         base = f"{_base_title(imp.getTitle() if imp is not None else image.name)}-{layer}"
@@ -413,35 +378,20 @@ class CommandRunner:
                        "files": [str(p) for p in written]}
 
 
-def network_options(text: str) -> dict[str, Any]:
-    """``"depth=3 filters=16 norm=batch"`` (or JSON) -> ``{"depth": 3, "filters": 16, "norm": "batch"}``."""
-    text = text.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"options={text!r} is not valid JSON: {err}") from None
-        if not isinstance(parsed, dict):
-            raise InputError(f"options={text!r}: expected key=value pairs or a JSON object")
-        return parsed
-    options: dict[str, Any] = {}
-    for key, value in tokenize(text.replace(",", " "), "options"):
-        if value is None:
-            raise InputError(f"options: {key!r} needs a value, e.g. {key}=3")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+def train_config_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``DeepSeg Train...`` values (by macro key) -> TrainConfig values (by field name), as declared."""
+    from engine.config import train_options
+    from engine.options import to_config
+
+    return {d.name: to_config(d, values[d.key]) for d in train_options() if d.key}
 
 
-def _patch(sizes: tuple[int, ...] | None) -> int | list[int] | None:
-    """The engine's ``patch``: one int for every axis, or one size per axis (None/0: from the data)."""
-    if not sizes or sizes == (0,):
-        return None
-    return sizes[0] if len(sizes) == 1 else list(sizes)
+def train_values(config: Any) -> dict[str, Any]:
+    """The inverse: ``DeepSeg Train...`` values (checked) for an ``engine.config.TrainConfig``."""
+    from engine.config import train_options
+    from engine.options import from_config
+
+    return spec(TRAIN).validate({d.key: from_config(d, getattr(config, d.name)) for d in train_options() if d.key})
 
 
 def _base_title(title: Any) -> str:
@@ -450,41 +400,6 @@ def _base_title(title: Any) -> str:
         if text.lower().endswith(suffix):
             return text[: -len(suffix)]
     return text
-
-
-def _pairs(prediction: Any, truth: Any) -> list[tuple[str, Any, Any]]:
-    """Pair predictions with truths: two images/files, or two folders matched by file name."""
-    pred_dir = isinstance(prediction, Path) and prediction.is_dir()
-    truth_dir = isinstance(truth, Path) and truth.is_dir()
-    if pred_dir != truth_dir:
-        raise InputError("prediction and truth must both be folders, or both single images")
-    if not pred_dir:
-        label = prediction.name if isinstance(prediction, Path) else str(getattr(prediction, "name", "image"))
-        return [(label, prediction, truth)]
-    from engine.io import list_images
-
-    truths = {_base_title(p.name): p for p in list_images(truth)}
-    pairs = []
-    for pred in list_images(prediction):
-        match = truths.get(_base_title(pred.name))
-        if match is not None:
-            pairs.append((pred.name, pred, match))
-    if not pairs:
-        raise InputError(
-            f"no file in {str(prediction)!r} has a namesake in {str(truth)!r}: predictions and truths are "
-            "paired by file name (extension ignored)"
-        )
-    return pairs
-
-
-def _metrics_row(label: str, report: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"image": label}
-    row.update({k: float(v) for k, v in report.summary_values().items()})
-    for name, dice, iou in zip(report.class_names, report.dice, report.iou):
-        column = "_".join(str(name).split())
-        row[f"dice_{column}"] = float(dice)
-        row[f"iou_{column}"] = float(iou)
-    return row
 
 
 def _text(value: Any) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from engine.arrays import fit_dtype, label_array
 from engine.axes import DIMS, as_image
 from engine.errors import InputError
 
@@ -125,27 +126,9 @@ def _five_d(image: xr.DataArray) -> np.ndarray:
 
 
 def _imagej_pixels(values: np.ndarray, what: str) -> np.ndarray:
-    """Cast to a dtype ImageJ holds: uint8, uint16 or float32 (exactly where possible)."""
-    dtype = values.dtype
-    if dtype in (np.uint8, np.uint16, np.float32):
-        return values
-    if dtype == bool:
-        return values.astype(np.uint8) * np.uint8(255)  # ImageJ's binary images are 0/255
-    if dtype.kind in "iu":
-        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        if low >= 0 and high <= 255 and dtype.itemsize == 1:
-            return values.astype(np.uint8)
-        if low >= 0 and high <= 65535:
-            return values.astype(np.uint16)
-        if max(abs(low), abs(high)) > 2**24:
-            raise InputError(
-                f"{what} has integer values in [{low}, {high}], which 32-bit float cannot hold exactly "
-                "(ImageJ images are 8-bit, 16-bit unsigned or 32-bit float)"
-            )
-        return values.astype(np.float32)
-    if dtype.kind == "f":
-        return values.astype(np.float32)
-    raise InputError(f"{what} has dtype {dtype}; expected an integer, float or bool array")
+    """Cast to a dtype ImageJ holds (uint8, uint16, int16 as signed 16-bit, float32) by the engine's rule
+    for ImageJ TIFF files (:func:`engine.arrays.fit_dtype`: exact, bool as 0/255)."""
+    return fit_dtype(values, ("u1", "u2", "i2", "f4"), what)
 
 
 def xarray_to_imageplus(
@@ -165,14 +148,15 @@ def xarray_to_imageplus(
     values = _five_d(image)
     title = title or (str(image.name) if image.name is not None else "image")
     rgb = bool(image.attrs.get("rgb")) and values.shape[2] == 3 and values.dtype == np.uint8
+    signed = False
     if rgb:
         values = _pack_rgb(values)[:, :, np.newaxis]
         bit_depth = 24
-    elif values.dtype == np.int16:
-        values = (values ^ np.int16(-32768)).view(np.uint16)  # ImageJ's signed 16-bit: value + 32768
-        bit_depth = 16
     else:
         values = _imagej_pixels(values, f"image {title!r}")
+        signed = values.dtype == np.int16
+        if signed:
+            values = (values ^ np.int16(-32768)).view(np.uint16)  # ImageJ's signed 16-bit: value + 32768
         bit_depth = _BIT_DEPTH[values.dtype]
     n_t, n_z, n_c, height, width = values.shape
     if height * width >= 2**31:
@@ -195,7 +179,7 @@ def xarray_to_imageplus(
         CompositeImage = _j("ij.CompositeImage")
         imp = CompositeImage(imp, CompositeImage.GRAYSCALE)
     apply_calibration(imp, image.attrs, calibration)
-    if image.dtype == np.int16 and not rgb:
+    if signed:
         imp.getCalibration().setSigned16BitCalibration()
     return imp
 
@@ -234,17 +218,7 @@ def labels_to_imageplus(
 ) -> Any:
     """A label image as 8-bit (up to 255 labels) or 16-bit ImagePlus with the label LUT."""
     image = _canonical(labels, axes)
-    values = np.asarray(image.values)
-    if values.dtype.kind not in "iub":
-        raise InputError(f"labels have dtype {values.dtype}; expected integers (label ids)")
-    high = int(values.max()) if values.size else 0
-    low = int(values.min()) if values.size else 0
-    if low < 0 or high > 65535:
-        raise InputError(
-            f"labels range over [{low}, {high}]; ImageJ label images hold 0..65535 (16-bit)"
-        )
-    dtype = np.uint8 if high <= 255 else np.uint16
-    image = image.copy(data=values.astype(dtype, copy=False))
+    image = image.copy(data=label_array(np.asarray(image.values), "labels"))  # the engine's rule for label files
     imp = xarray_to_imageplus(image, title, calibration=calibration)
     from engine.io import glasbey_lut  # the same colours as label TIFFs written by the engine
 

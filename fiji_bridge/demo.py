@@ -5,35 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .commands import TRAIN, spec
-
-
-def train_options(config: Any) -> dict[str, Any]:
-    """``DeepSeg Train...`` option values for an ``engine.config.TrainConfig``."""
-    values: dict[str, Any] = {
-        "images": config.images or "",
-        "labels": config.labels or "",
-        "out": config.out,
-        "network": config.network,
-        "options": " ".join(f"{k}={v}" for k, v in (config.network_options or {}).items()),
-        "patch": 0 if config.patch is None else config.patch if isinstance(config.patch, int)
-        else ",".join(str(p) for p in config.patch),
-        "epochs": config.epochs,
-        "batch": config.batch or 0,
-        "steps": config.steps_per_epoch or 0,
-        "classes": config.classes or 0,
-        "names": ",".join(config.class_names or []),
-        "lr": config.lr,
-        "optimizer": config.optimizer,
-        "schedule": config.schedule,
-        "loss": config.loss,
-        "normalization": config.normalization,
-        "validation": config.validation_fraction,
-        "seed": config.seed,
-        "axes": config.axes or "",
-        "device": config.device,
-    }
-    return spec(TRAIN).validate(values)
+from .commands import TRAIN, spec, train_values
 
 
 def macro_string(text: str | Path) -> str:
@@ -43,7 +15,7 @@ def macro_string(text: str | Path) -> str:
 
 def demo_macro(config: Any, test_images: str | Path, predictions: str | Path) -> str:
     """A macro, in the Recorder's style, that trains and then segments every test image."""
-    options = spec(TRAIN).format(train_options(config))
+    options = spec(TRAIN).format(train_values(config))
     folder = str(Path(test_images)) + "/"
     return "\n".join([
         f"run({macro_string(TRAIN)}, {macro_string(options)});",

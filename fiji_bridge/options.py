@@ -4,7 +4,9 @@ Pure Python (no Java) so it is unit-testable; :mod:`fiji_bridge.dialog` builds t
 the same spec. Macro options follow ImageJ's syntax: ``key=value``, ``key=[value with spaces]``, and
 a bare ``key`` for a ticked checkbox (an absent checkbox is unticked, as in ImageJ, so boolean options
 default to False). Keys are single lower-case words: ImageJ derives them from the first word of each
-dialog label, which is how the Macro Recorder writes them.
+dialog label, which is how the Macro Recorder writes them. Automatic sizes and counts read and write
+``auto`` (``0`` from older macros still means automatic). The training options come from the engine's
+declarations (:func:`declared_option`), not from a second list here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
 
 from engine.errors import InputError
+from engine.options import Declared, from_config
 
 Kind = Literal["int", "float", "bool", "choice", "size", "string", "path", "file", "folder", "image"]
 KINDS: tuple[str, ...] = ("int", "float", "bool", "choice", "size", "string", "path", "file", "folder", "image")
@@ -29,6 +32,8 @@ class Option:
 
     ``label`` is the dialog label; its first word must be the key (ImageJ's recording rule).
     ``image`` options take an open image's title or a file path ("" = the active image).
+    ``auto``: the word that means None for an ``int`` (e.g. "auto", or "none" for an optional label
+    value); ``size`` options always take "auto". With "auto", ``0`` also means None (older macros).
     """
 
     key: str
@@ -40,6 +45,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     required: bool = False
+    auto: str = ""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.key):
@@ -52,6 +58,15 @@ class Option:
             raise ValueError(f"option {self.key!r}: checkboxes must default to False (ImageJ macro semantics)")
         if self.kind == "choice" and (not self.choices or self.default not in self.choices):
             raise ValueError(f"option {self.key!r}: default {self.default!r} must be one of its choices")
+        if self.auto and self.kind != "int":
+            raise ValueError(f"option {self.key!r}: only int options take an auto word (sizes always do)")
+        if self.default is None and not self.auto_word:
+            raise ValueError(f"option {self.key!r}: a None default needs an auto word")
+
+    @property
+    def auto_word(self) -> str:
+        """The text that means None ("" if None is not allowed)."""
+        return "auto" if self.kind == "size" else self.auto
 
     @property
     def dialog_label(self) -> str:
@@ -61,7 +76,7 @@ class Option:
     def expected(self) -> str:
         """The expected form, for error messages and help."""
         if self.kind == "int":
-            return "an integer" + self._range()
+            return "an integer" + self._range() + (f" or {self.auto}" if self.auto else "")
         if self.kind == "float":
             return "a number" + self._range()
         if self.kind == "bool":
@@ -69,7 +84,7 @@ class Option:
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         if self.kind == "size":
-            return "a size in pixels, one for all axes or one per axis (e.g. 256 or 32,128,128; 0 = automatic)"
+            return "a size in pixels, one for all axes or one per axis (e.g. 256 or 32,128,128), or auto"
         if self.kind == "image":
             return "an open image's title or an image file path"
         if self.kind == "folder":
@@ -100,6 +115,8 @@ class Option:
             if text in _FALSE:
                 return False
             raise InputError(bad)
+        if self.auto_word and self._means_auto(value):
+            return None
         if self.kind in ("int", "float"):
             try:
                 number = float(value)
@@ -128,20 +145,45 @@ class Option:
             raise InputError(f"{where}{self.key} is required: give {self.expected} ({self.help})")
         return text
 
+    def _means_auto(self, value: Any) -> bool:
+        if value is None:
+            return True
+        text = str(value).strip().lower()
+        return text in ("", self.auto_word) or (self.auto_word == "auto" and text == "0")
+
+    def text(self, value: Any) -> str:
+        """``value`` as a dialog field or macro shows it (``auto`` for None where allowed)."""
+        if value is None:
+            return self.auto_word
+        if self.kind == "size":
+            return ",".join(str(v) for v in value)
+        return _num(value) if isinstance(value, float) else str(value)
+
     def format(self, value: Any) -> str:
         """The macro-options token for ``value`` ("" for an unticked checkbox)."""
         if self.kind == "bool":
             return self.key if value else ""
-        if self.kind == "size":
-            value = "0" if not value else ",".join(str(v) for v in value)
-        text = _num(value) if isinstance(value, float) else str(value)
+        text = self.text(value)
         return f"{self.key}=[{text}]" if (" " in text or not text) else f"{self.key}={text}"
 
 
+_FIJI_KINDS = {"text": "string", "names": "string", "mapping": "string"}
+
+
+def declared_option(declared: Declared) -> Option:
+    """The Fiji option of an engine-declared option (``engine.options.Declared`` with a ``key``)."""
+    if declared.key is None:
+        raise ValueError(f"option {declared.name!r} is not offered in Fiji (no key)")
+    return Option(
+        declared.key, _FIJI_KINDS.get(declared.kind, declared.kind),  # type: ignore[arg-type]
+        "" if declared.required else from_config(declared, declared.default), declared.full_help("auto"),
+        label=declared.label, choices=declared.choice_list(), minimum=declared.minimum, maximum=declared.maximum,
+        required=declared.required, auto=declared.auto if declared.kind == "int" else "",
+    )
+
+
 def _size(value: Any, bad: str) -> tuple[int, ...] | None:
-    """``"256"`` / ``"32,128,128"`` / ``[32, 128, 128]`` -> tuple; ``0`` / ``""`` / None -> None (automatic)."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "0")):
-        return None
+    """``"256"`` / ``"32,128,128"`` / ``[32, 128, 128]`` -> tuple (automatic: handled by the caller)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         items: list[Any] = [value]
     elif isinstance(value, str):

@@ -45,12 +45,11 @@ requires_display = pytest.mark.skipif(display_missing() is not None, reason=str(
 
 
 @pytest.fixture(scope="session")
-def ij(tmp_path_factory):
-    """The headless ImageJ session shared by every bridge test in this process."""
+def ij(plugin_cache):
+    """The headless ImageJ session shared by every bridge test in this process (plugin jar: ``plugin_cache``)."""
     reason = imagej_missing()
     if reason:
         pytest.skip(reason)
-    os.environ.setdefault("DEEPSEG_CACHE_DIR", str(tmp_path_factory.mktemp("deepseg-cache")))
     import fiji_bridge
 
     return fiji_bridge.start(mode="headless")
@@ -105,7 +104,7 @@ def record_predict(model: str, image: str, tile: str) -> dict:
     dialog = _wait(lambda: next((w for w in J("java.awt.Window").getWindows()
                                  if isinstance(w, GenericDialog) and w.isShowing()), None))
     labels = [str(c.getText()) for c in dialog.getComponents() if isinstance(c, J("java.awt.Label"))]
-    fields = list(dialog.getStringFields())  # model, image, tile, overlap, device
+    fields = list(dialog.getStringFields())  # model, image path, tile, overlap, batch, device
     fields[0].setText(model)
     fields[2].setText(tile)
     ok = dialog.getButtons()[0]

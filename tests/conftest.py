@@ -24,6 +24,16 @@ def blob_images(count: int, shape=(48, 48), seed: int = 0, radius=(3, 6)):
     return images, labels
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plugin_cache(tmp_path_factory):
+    """One cache folder for deepseg's plugin jar, set before the first test: this process's ImageJ and every
+    subprocess a test starts (they inherit the environment) build and use the same jar, whatever the order."""
+    import os
+
+    folder = os.environ.setdefault("DEEPSEG_CACHE_DIR", str(tmp_path_factory.mktemp("deepseg-cache")))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A 2D U-Net trained for two short epochs; returns (model folder, TrainResult)."""

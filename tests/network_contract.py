@@ -28,14 +28,16 @@ Checks, per option set: the registry entry and the model agree (name, spatial_di
 rebuild the same network); logits have shape ``(N, classes, *model.output_shape(shape))``; an
 unaccepted shape (sizes + 1) is padded by ``valid_input_shape`` to an accepted one, and
 ``check_input_shape`` on it raises InputError whose message contains the padded shape as a tuple;
-one Adam + cross-entropy step runs with finite gradients and changes the weights; ``state_dict``
-saved, loaded into a fresh build with ``model.options`` gives identical outputs in eval mode;
-``receptive_field`` returns positive ints; ``describe()["parameters"]`` is the parameter count.
+one Adam + cross-entropy step runs with finite gradients and changes the weights; the network saved
+as a model folder (:func:`engine.model_files.save_model`) and loaded back (``load_model``, which
+rebuilds it from ``config.json``) gives identical outputs in eval mode; ``receptive_field`` returns
+positive ints; ``describe()["parameters"]`` equals the count computed from each layer's configuration
+(channels, kernel sizes, groups, bias, affine), not from the tensors themselves.
 """
 
 from __future__ import annotations
 
-import io
+import math
 from typing import Any, ClassVar
 
 import pytest
@@ -151,7 +153,10 @@ class NetworkContract:
         if self.all_parameters_trained:
             assert set(changed) == set(before), f"unchanged: {sorted(set(before) - set(changed))}"
 
-    def test_state_dict_round_trip(self, options):
+    def test_model_folder_round_trip(self, options, tmp_path):
+        from engine.model_files import load_model, save_model
+        from engine.normalization import Normalization
+
         model = self.build(options)
         shape = self.first_shape(model)
         with torch.no_grad():
@@ -160,15 +165,15 @@ class NetworkContract:
         x = self.batch(model, shape, n=1)
         with torch.no_grad():
             expected = model(x)
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        buffer.seek(0)
+        folder = save_model(model, tmp_path / "model", patch=shape, normalization=Normalization("none"),
+                            axes="YX" if self.spatial_dims == 2 else "ZYX")
         torch.manual_seed(1)  # a fresh build must not be identical by accident
-        # Rebuild from model.options, as a model folder's config.json would.
-        clone = build(self.name, in_channels=self.in_channels, classes=self.classes, **model.options)
-        clone.load_state_dict(torch.load(buffer, weights_only=True))
+        loaded = load_model(folder, device="cpu")  # rebuilt from config.json alone
+        assert loaded.network.name == self.name and loaded.network.options == model.options
         with torch.no_grad():
-            assert torch.equal(clone.eval()(x), expected)
+            assert torch.equal(loaded.network(x), expected)
+            fresh = build(self.name, in_channels=self.in_channels, classes=self.classes, **model.options).eval()
+            assert not torch.equal(fresh(x), expected), "the check could not tell saved from fresh weights"
 
     def test_receptive_field(self, options):
         model = self.build(options)
@@ -178,8 +183,32 @@ class NetworkContract:
 
     def test_describe_counts_parameters(self, options):
         model = self.build(options)
-        count = sum(p.numel() for p in model.parameters())
+        count = parameters_from_layers(model)
         assert model.describe()["parameters"] == parameter_count(model) == count
         info = summarize(model)
         assert info["network"] == self.name and info["parameters"] == count
         assert info["layers"] > 0 and len(info["receptive_field"]) == self.spatial_dims
+
+
+def parameters_from_layers(model: nn.Module) -> int:
+    """The parameter count computed from each layer's configuration, as one would by hand."""
+    total = 0
+    for name, layer in model.named_modules():
+        if not list(layer.parameters(recurse=False)):
+            continue
+        if isinstance(layer, nn.modules.conv._ConvNd):  # weight (out, in/groups, *k) or transposed (in, out/groups, *k)
+            total += layer.in_channels * layer.out_channels // layer.groups * math.prod(layer.kernel_size)
+            total += layer.out_channels if layer.bias is not None else 0
+        elif isinstance(layer, nn.modules.batchnorm._NormBase):  # batch and instance norm
+            total += 2 * layer.num_features if layer.affine else 0
+        elif isinstance(layer, nn.GroupNorm):
+            total += 2 * layer.num_channels if layer.affine else 0
+        elif isinstance(layer, nn.LayerNorm):
+            total += math.prod(layer.normalized_shape) * ((layer.weight is not None) + (layer.bias is not None))
+        elif isinstance(layer, nn.Linear):
+            total += layer.in_features * layer.out_features + (layer.out_features if layer.bias is not None else 0)
+        elif isinstance(layer, nn.PReLU):
+            total += layer.num_parameters
+        else:
+            raise AssertionError(f"layer {name!r} ({type(layer).__name__}) has parameters the contract cannot count")
+    return total

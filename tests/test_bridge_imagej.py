@@ -118,7 +118,10 @@ def test_rgb_round_trip(ij):
 def test_other_dtypes_are_stored_exactly_or_refused(ij):
     assert ij.to_imageplus(np.array([[0, 300]], dtype=np.int32)).getBitDepth() == 16
     assert ij.to_imageplus(np.array([[-1, 3]], dtype=np.int16)).getBitDepth() == 16  # signed calibration
-    assert ij.to_imageplus(np.array([[-1, 3]], dtype=np.int32)).getBitDepth() == 32
+    signed = ij.to_imageplus(np.array([[-1, 3]], dtype=np.int32))  # fits int16: ImageJ's signed 16-bit
+    assert signed.getBitDepth() == 16 and signed.getCalibration().isSigned16Bit()
+    assert ij.to_xarray(signed).values.tolist() == [[-1, 3]]
+    assert ij.to_imageplus(np.array([[-1, 70000]], dtype=np.int32)).getBitDepth() == 32
     assert ij.to_imageplus(np.array([[True, False]])).getProcessor().get(0, 0) == 255
     with pytest.raises(InputError, match="cannot hold exactly"):
         ij.to_imageplus(np.array([[0, 2**30]], dtype=np.int64))
@@ -153,6 +156,18 @@ def test_probabilities_become_one_channel_per_class(ij):
 
 
 # ----------------------------------------------------------------------------------------------- commands
+
+
+def test_jvm_gets_huge_pages_and_an_initial_heap(ij):
+    """What makes copies into a fresh JVM fast (see runtime.java_options): asked for, and taken by Java."""
+    from fiji_bridge.runtime import _transparent_huge_pages
+
+    arguments = [str(a) for a in ij.jclass("java.lang.management.ManagementFactory").getRuntimeMXBean()
+                 .getInputArguments()]
+    assert any(a.startswith("-Xms") for a in arguments)
+    assert ("-XX:+UseTransparentHugePages" in arguments) == _transparent_huge_pages()
+    committed = int(ij.jclass("java.lang.Runtime").getRuntime().totalMemory())
+    assert committed >= min(1 << 30, int(ij.jclass("java.lang.Runtime").getRuntime().maxMemory())) * 0.9
 
 
 def test_commands_are_registered_headless(ij):
@@ -256,6 +271,35 @@ def test_evaluate_equals_the_engine(ij, tiny_model, blob, tmp_path):
     assert result.table["mean_iou"] == [pytest.approx(expected.mean_iou)]
     assert result.table["dice_class_1"] == [pytest.approx(float(expected.dice[1]))]
     assert csv.is_file() and "mean_foreground" in csv.read_text()
+
+
+def test_evaluate_two_folders_fills_one_row_per_image_and_all(ij, tmp_path):
+    """DeepSeg Evaluate... with two folders: the engine's evaluate_folders, row for row, in ImageJ's Results."""
+    from engine.io import write_labels
+    from engine.metrics import evaluate_folders
+
+    rng = np.random.default_rng(3)
+    for name in ("b", "a"):
+        truth = (rng.random((20, 30)) > 0.6).astype(np.uint8)
+        write_labels(tmp_path / "truth" / f"{name}.tif", truth, axes="YX")
+        write_labels(tmp_path / "pred" / f"{name}.tif", np.where(rng.random((20, 30)) > 0.8, 1 - truth, truth),
+                     axes="YX")
+    csv = tmp_path / "all.csv"
+    result = ij.run("DeepSeg Evaluate...", {"prediction": str(tmp_path / "pred"), "truth": str(tmp_path / "truth"),
+                                            "csv": str(csv)})
+    expected = evaluate_folders(tmp_path / "pred", tmp_path / "truth").rows()
+    table = ij.jclass("ij.measure.ResultsTable").getResultsTable()
+    assert int(table.getCounter()) == 3
+    assert [str(table.getStringValue("image", i)) for i in range(3)] == ["a.tif", "b.tif", "all"]
+    for i, row in enumerate(expected):
+        assert float(table.getValue("dice_class_1", i)) == pytest.approx(row["dice_class_1"])
+        assert float(table.getValue("mean_iou", i)) == pytest.approx(row["mean_iou"])
+    assert result.table["image"] == ["a.tif", "b.tif", "all"]
+    assert expected[0]["dice_class_1"] != expected[1]["dice_class_1"]  # the rows are different images
+    assert csv.is_file() and result.info["report"]["confusion_matrix"] == \
+        evaluate_folders(tmp_path / "pred", tmp_path / "truth").total.confusion.tolist()
+    with pytest.raises(InputError, match="both be folders"):
+        ij.run("DeepSeg Evaluate...", {"prediction": str(tmp_path / "pred"), "truth": str(tmp_path / "truth" / "a.tif")})
 
 
 def test_train_on_open_images(ij, tmp_path):

@@ -44,9 +44,11 @@ def test_predict_options_parse_and_defaults():
     assert values["tile"] == (256,)
     assert values["overlap"] == 0.5
     assert values["output"] == "both" and values["tta"] is True
-    assert values["blend"] == "gaussian" and values["batch"] == 0 and values["device"] == "auto"
+    assert values["blend"] == "gaussian" and values["batch"] is None and values["device"] == "auto"
     assert spec.parse("model=/m tile=32,128,128")["tile"] == (32, 128, 128)
-    assert spec.parse("model=/m tile=0")["tile"] is None
+    assert spec.parse("model=/m tile=auto batch=auto")["tile"] is None
+    old = spec.parse("model=/m tile=0 batch=0")  # macros recorded before "auto" keep working
+    assert old["tile"] is None and old["batch"] is None
     assert spec.parse("model=/m")["tta"] is False  # an absent checkbox is unticked, as in ImageJ
 
 
@@ -56,7 +58,9 @@ def test_predict_options_parse_and_defaults():
     ("model=/m tile=abc", r"tile='abc' is not valid: expected a size in pixels"),
     ("model=/m overlap=2", r"overlap='2' is not valid: expected a number in \[0, 0.9\]"),
     ("model=/m output=masks", r"output='masks' is not valid: expected one of labels, probabilities, both"),
-    ("model=/m batch=1.5", r"batch='1.5' is not valid: expected an integer >= 0"),
+    ("model=/m batch=1.5", r"batch='1.5' is not valid: expected an integer >= 1 or auto"),
+    ("model=/m batch=-1", r"batch='-1' is not valid: expected an integer >= 1 or auto"),
+    ("model=/m tile=automatic", r"tile='automatic' is not valid: expected a size in pixels.*or auto"),
     ("model=/m tta=maybe", r"tta='maybe' is not valid: expected a checkbox"),
     ("tile=64", r"model is required"),
     ("model=/m model=/n", r"'model' is given twice"),
@@ -76,35 +80,93 @@ def test_spec_rejects_unrecordable_definitions():
         Option("blend", "choice", "max", "x", choices=("gaussian", "mean"))
     with pytest.raises(ValueError, match="duplicate"):
         CommandSpec("X", "x", (Option("a", "int", 1, "x"), Option("a", "int", 2, "x")))
+    with pytest.raises(ValueError, match="needs an auto word"):
+        Option("batch", "int", None, "x")
 
 
 def test_format_writes_what_the_recorder_writes():
     spec = commands.spec(commands.PREDICT)
     text = spec.format({"model": "/my models/m", "tile": (64, 64), "tta": True})
-    assert text == ("model=[/my models/m] image=[] tile=64,64 overlap=0.25 blend=gaussian output=labels batch=0 "
+    assert text == ("model=[/my models/m] image=[] tile=64,64 overlap=0.25 blend=gaussian output=labels batch=auto "
                     "tta device=auto")
     assert spec.parse(text)["model"] == "/my models/m"
 
 
-def test_train_spec_covers_the_engine_config():
-    from engine.config import TrainConfig
+# Users' macros call these keys: they stay exactly as they are (new ones may be added).
+TRAIN_MACRO_KEYS = ("images labels out network options patch epochs batch steps classes names lr optimizer schedule "
+                    "loss normalization validation seed axes resume init device").split()
+
+
+def test_train_spec_is_generated_from_the_engine_declarations():
+    from engine.config import OPTIMIZERS, TrainConfig, train_options
 
     spec = commands.spec(commands.TRAIN)
-    mapped = {"images", "labels", "out", "network", "network_options", "patch", "epochs", "batch",
-              "steps_per_epoch", "classes", "class_names", "lr", "optimizer", "schedule", "loss", "normalization",
-              "validation_fraction", "seed", "axes", "resume", "init_from", "device"}
-    assert mapped <= set(TrainConfig.field_names())
-    assert len(spec.options) == len(mapped)
-    assert "unet2d" in spec.option("network").choices
+    assert set(TRAIN_MACRO_KEYS) <= set(spec.keys)
+    declared = {d.key: d for d in train_options() if d.key}
+    assert list(declared) == list(spec.keys)  # nothing declared a second time here
+    assert {d.name for d in declared.values()} <= set(TrainConfig.field_names())
+    assert "unet2d" in spec.option("network").choices and spec.option("optimizer").choices == OPTIMIZERS
+    assert spec.option("out").required and spec.option("lr").help == declared["lr"].help
+
+
+def test_train_spec_shows_auto_and_reads_old_zeros():
+    spec = commands.spec(commands.TRAIN)
+    text = spec.format({"out": "/m"})
+    for token in ("patch=auto", "batch=auto", "steps=auto", "classes=auto", "ignore=none"):
+        assert f" {token} " in f" {text} "
+    assert "=0 " not in text
+    old = spec.parse("out=/m patch=0 batch=0 steps=0 classes=0")
+    assert [old[k] for k in ("patch", "batch", "steps", "classes", "ignore")] == [None] * 5
+    new = spec.parse("out=/m patch=auto batch=AUTO steps=3 classes=4 ignore=0")
+    assert [new[k] for k in ("patch", "batch", "steps", "classes", "ignore")] == [None, None, 3, 4, 0]
+    with pytest.raises(InputError, match=r"classes='1' is not valid: expected an integer >= 2 or auto"):
+        spec.parse("out=/m classes=1")
+
+
+def test_train_macro_round_trip_keeps_every_fiji_option():
+    """TrainConfig -> macro options (demo) -> dialog values -> TrainConfig (Fiji) gives the same config, for a
+    config that sets every option Fiji offers to a non-default value."""
+    from engine.config import TrainConfig, train_options
+
+    config = TrainConfig(
+        images="/data/my images", labels="/data/labels", axes="ZYX", out="/models/m 1", network="unet3d",
+        network_options={"depth": 2, "norm": "instance", "rates": [6, 12]}, patch=[16, 64, 64], classes=3,
+        class_names=["bg", "cell", "nucleus"], ignore_label=0, epochs=7, batch=3, steps_per_epoch=5,
+        optimizer="sgd", lr=0.02, schedule="cosine", loss="dice", normalization="percentile",
+        validation_fraction=0.1, seed=9, device="cpu", resume="/models/old", init_from="/models/base",
+        freeze_encoder=True)
+    offered = [d for d in train_options() if d.key]
+    assert all(getattr(config, d.name) != d.default for d in offered)  # a new Fiji option must join this test
+    text = commands.spec(commands.TRAIN).format(commands.train_values(config))
+    assert "images=[/data/my images]" in text and "options=[depth=2 norm=instance rates=(6,12)]" in text
+    values = commands.spec(commands.TRAIN).parse(text)
+    assert TrainConfig(**commands.train_config_values(values)) == config
+
+
+def test_demo_macro_trains_with_the_config():
+    from engine.config import TrainConfig
+    from fiji_bridge.demo import demo_macro
+
+    config = TrainConfig(images="/d/train", out="/d/model", epochs=3, class_names=["background", "blob"], classes=2)
+    line = demo_macro(config, "/d/test", "/d/pred").splitlines()[0]
+    assert line.startswith('run("DeepSeg Train...", "images=/d/train ')
+    values = commands.spec(commands.TRAIN).parse(line.split('", "', 1)[1].rsplit('");', 1)[0])
+    assert TrainConfig(**commands.train_config_values(values)) == config
 
 
 def test_network_options_text():
-    assert commands.network_options("depth=3 filters=16 norm=batch") == {"depth": 3, "filters": 16, "norm": "batch"}
-    assert commands.network_options("depth=3,filters=16") == {"depth": 3, "filters": 16}
-    assert commands.network_options('{"depth": 2}') == {"depth": 2}
-    assert commands.network_options("") == {}
+    from engine.options import format_mapping, parse_mapping
+
+    assert parse_mapping("depth=3 filters=16 norm=batch") == {"depth": 3, "filters": 16, "norm": "batch"}
+    assert parse_mapping("depth=3,filters=16") == {"depth": 3, "filters": 16}
+    assert parse_mapping('{"depth": 2}') == {"depth": 2}
+    assert parse_mapping("rates=(6,12,18) skips=[1, 2] on=true") == {"rates": [6, 12, 18], "skips": [1, 2], "on": True}
+    assert parse_mapping("") == {}
+    assert parse_mapping(format_mapping({"a": [1, 2], "b": "x", "c": 0.5})) == {"a": [1, 2], "b": "x", "c": 0.5}
     with pytest.raises(InputError, match="needs a value"):
-        commands.network_options("depth")
+        parse_mapping("depth")
+    with pytest.raises(InputError, match="not valid JSON"):
+        parse_mapping("{depth: 2}")
 
 
 def test_format_args():
@@ -232,17 +294,36 @@ def test_importing_the_bridge_starts_no_jvm():
     assert result.stdout.strip() == "False"
 
 
-def test_shim_key_changes_with_sources_and_imagej(tmp_path):
+def test_shim_key_changes_with_sources_and_imagej(tmp_path, monkeypatch):
+    import os
+
+    from bridge_fixtures import run_python
     from fiji_bridge import shim
 
     jar_a = tmp_path / "a.jar"
     jar_a.write_bytes(b"a")
     jar_b = tmp_path / "b.jar"
     jar_b.write_bytes(b"bb")
-    assert shim.build_key(jar_a) == shim.build_key(jar_a)
-    assert shim.build_key(jar_a) != shim.build_key(jar_b)
+    key = shim.build_key(jar_a)
+    # the same in a fresh process (the cache is shared between processes: no per-process salt in the key)
+    fresh = run_python(["-c", f"from fiji_bridge import shim; print(shim.build_key({str(jar_a)!r}))"], timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() == key
+    assert shim.build_key(jar_b) != key
+    stat = jar_a.stat()
+    os.utime(jar_a, (stat.st_atime, stat.st_mtime + 10))  # ImageJ updated in place: same path and size
+    assert shim.build_key(jar_a) != key
     assert shim.PLUGINS_CONFIG in shim.sources()
     config = shim.PLUGINS_CONFIG.read_text()
     for name in commands.COMMANDS:
         assert f'Plugins>deepseg, "{name}", deepseg.fiji.DeepSegCommand("{name}")' in config
     assert "_" in shim.JAR_NAME  # ImageJ loads only jars with an underscore from plugins/
+    key = shim.build_key(jar_a)
+    source = tmp_path / "java" / "Shim.java"  # a changed shim source gives a new key too
+    source.parent.mkdir()
+    source.write_text("class Shim {}")
+    monkeypatch.setattr(shim, "JAVA_DIR", source.parent)
+    monkeypatch.setattr(shim, "sources", lambda: [source])
+    with_source = shim.build_key(jar_a)
+    source.write_text("class Shim { int x; }")
+    assert with_source != key and shim.build_key(jar_a) != with_source

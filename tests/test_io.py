@@ -114,8 +114,8 @@ def test_dims_come_back_in_canonical_order(tmp_path):
 
 @pytest.mark.parametrize(
     "values, expected",
-    [(np.array([[True, False]]), np.uint8), (np.array([[0, 255]], np.int64), np.uint8),
-     (np.array([[0, 300]], np.int64), np.uint16), (np.array([[-5, 300]], np.int32), np.int16),
+    [(np.array([[0, 255]], np.int64), np.uint8), (np.array([[0, 300]], np.int64), np.uint16),
+     (np.array([[-5, 300]], np.int32), np.int16), (np.array([[-1, 70000]], np.int64), np.float32),
      (np.array([[0.5, 1.0]], np.float64), np.float32)],
 )
 def test_imagej_converts_types_it_cannot_hold(tmp_path, values, expected):
@@ -125,9 +125,20 @@ def test_imagej_converts_types_it_cannot_hold(tmp_path, values, expected):
     np.testing.assert_array_equal(read.values, values.astype(expected))
 
 
+def test_bool_images_are_imagej_binary_and_bool_labels_are_0_1(tmp_path):
+    mask = np.array([[True, False]])
+    write_image(tmp_path / "a.tif", mask, axes="YX")
+    write_image(tmp_path / "a.png", mask, axes="YX")
+    write_labels(tmp_path / "l.tif", mask, axes="YX")
+    for name in ("a.tif", "a.png"):
+        read = read_image(tmp_path / name)
+        assert read.dtype == np.uint8 and read.values.tolist() == [[255, 0]]
+    assert read_labels(tmp_path / "l.tif").values.tolist() == [[1, 0]]
+
+
 def test_imagej_refuses_integers_that_do_not_fit_and_leaves_no_file(tmp_path):
-    with pytest.raises(InputError, match=r"70000.*ome\.tif"):
-        write_image(tmp_path / "a.tif", np.array([[-1, 70000]]), axes="YX")
+    with pytest.raises(InputError, match=r"33554432.*ome\.tif"):
+        write_image(tmp_path / "a.tif", np.array([[-1, 2**25]]), axes="YX")
     assert only_files(tmp_path) == []
 
 

@@ -82,3 +82,31 @@ def test_class_weights_from_counts():
     assert class_weights_from_counts([75, 25, 0]) == pytest.approx([2 / 3, 2.0, 0.0])
     with pytest.raises(InputError):
         class_weights_from_counts([0, 0])
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice", "generalized_dice", "ce_dice"])
+def test_ignored_voxels_do_not_affect_loss_or_gradient(name):
+    """Logits where the target is IGNORE_INDEX (unlabelled or masked out) change neither the loss nor
+    the gradient anywhere, and receive no gradient themselves; the labelled voxels do matter."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, generator=generator)
+    target = torch.randint(0, 3, (2, 4, 5), generator=generator)
+    ignored = torch.rand(2, 4, 5, generator=generator) < 0.5
+    target[ignored] = IGNORE_INDEX
+    fn = SegmentationLoss(name, classes=3, weights=[1.0, 2.0, 0.5] if name != "generalized_dice" else None)
+
+    def loss_and_grad(values):
+        values = values.clone().requires_grad_(True)
+        value = fn(values, target)
+        value.backward()
+        return value.detach(), values.grad
+
+    base, grad = loss_and_grad(logits)
+    changed = logits.clone()
+    changed[ignored.unsqueeze(1).expand_as(logits)] = 50.0 * torch.randn(int(ignored.sum()) * 3, generator=generator)
+    other, other_grad = loss_and_grad(changed)
+    assert torch.equal(other, base)
+    torch.testing.assert_close(other_grad, grad, rtol=0, atol=0)
+    assert (grad.movedim(1, -1)[ignored] == 0).all()
+    labelled = logits + (~ignored).unsqueeze(1) * torch.tensor([0.0, 1.0, 2.0]).view(1, 3, 1, 1)
+    assert not torch.equal(loss_and_grad(labelled)[0], base)  # control: labelled voxels count

@@ -191,3 +191,60 @@ def test_report_validates_its_input():
 def test_plot_confusion(tmp_path):
     path = evaluate(PRED, TRUTH, classes=4, class_names=["bg", "a", "b", "c"]).plot_confusion(tmp_path / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Predictions a, b (+ one without a truth) and truths a (.png: extensions are ignored), b."""
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    write_labels(pred / "a.tif", PRED, axes="YX")
+    write_labels(truth / "a.png", TRUTH, axes="YX")
+    write_labels(pred / "b.tif", np.array([[1, 1], [0, 0]]), axes="YX")  # labels 0-1 only: still counted with 3 classes
+    write_labels(truth / "b.tif", np.array([[1, 0], [0, 0]]), axes="YX")
+    write_labels(pred / "no_truth.tif", np.ones((2, 2), np.uint8), axes="YX")
+    return pred, truth
+
+
+def test_evaluate_folders_by_hand(folders):
+    from engine.metrics import evaluate_folders
+
+    report = evaluate_folders(*folders)
+    assert [name for name, _ in report.images] == ["a.tif", "b.tif"]
+    a, b = (r for _, r in report.images)
+    np.testing.assert_array_equal(a.confusion, MATRIX)
+    np.testing.assert_array_equal(b.confusion, [[2, 1, 0], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(report.total.confusion, [[3, 2, 0], [0, 3, 0], [1, 0, 1]])
+    rows = report.rows()
+    assert [r["image"] for r in rows] == ["a.tif", "b.tif", "all"]
+    assert rows[0]["dice_class_1"] == pytest.approx(4 / 5) and rows[1]["dice_class_1"] == pytest.approx(2 / 3)
+    assert rows[2]["dice_class_1"] == pytest.approx(6 / 8)  # 2 TP / (truth 3 + predicted 5)
+    assert evaluate_folders(*folders, classes=4).total.classes == 4
+    with pytest.raises(InputError, match="namesake"):
+        evaluate_folders(folders[0], folders[0].parent)
+
+
+def test_cli_evaluates_folders(folders, tmp_path, capsys):
+    from engine.cli import main
+
+    out_csv, out_json = tmp_path / "rows.csv", tmp_path / "report.json"
+    assert main(["evaluate", "--prediction", str(folders[0]), "--truth", str(folders[1]), "--class-names",
+                 "bg,a,b", "--csv", str(out_csv), "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == ["image", "a.tif", "b.tif", "all"]
+    assert float(printed[1].split()[1]) == pytest.approx(11 / 15, abs=1e-4)  # mean foreground Dice of a
+    with out_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["image"] for r in rows] == ["a.tif", "b.tif", "all"]
+    assert float(rows[2]["dice_a"]) == pytest.approx(6 / 8)
+    saved = json.loads(out_json.read_text())
+    assert sorted(saved["images"]) == ["a.tif", "b.tif"] and saved["all"]["confusion_matrix"] == [[3, 2, 0], [0, 3, 0],
+                                                                                            [1, 0, 1]]
+    # a folder with a file, a mask with folders: exit status 2 and a one-line message
+    assert main(["evaluate", "--prediction", str(folders[0]), "--truth", str(folders[1] / "b.tif")]) == 2
+    assert "both be folders" in capsys.readouterr().err
+    assert main(["evaluate", "--prediction", str(folders[0]), "--truth", str(folders[1]), "--mask",
+                 str(folders[1] / "b.tif")]) == 2
+    assert "single images" in capsys.readouterr().err

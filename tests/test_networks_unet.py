@@ -271,7 +271,10 @@ def test_summary_for_deepseg_info():
     net = build("unet2d", depth=1, filters=2, classes=3)
     info = summarize(net)
     assert info["network"] == "unet2d" and info["classes"] == 3 and info["options"]["depth"] == 1
-    assert info["parameters"] == parameter_count(net) == sum(p.numel() for p in net.parameters())
+    # by hand: encoder 3x3 convs 1->2 and 2->2 (no bias) + 2 batch norms (2 x 2 each) = 18 + 36 + 8 = 62;
+    # bottleneck 2->4, 4->4 + norms = 72 + 144 + 16 = 232; up-sampling 2x2 transposed 4->2 = 32;
+    # decoder 4->2, 2->2 + norms = 72 + 36 + 8 = 116; head 1x1 2->3 with bias = 9.  Total 451.
+    assert info["parameters"] == parameter_count(net) == 62 + 232 + 32 + 116 + 9
     # encoder 2 + bottleneck 2 + up-sampling 1 + decoder 2 + head 1
     assert info["layers"] == layer_count(net) == 8
     assert info["receptive_field"] == [18, 18] and info["receptive_field_global"] is False

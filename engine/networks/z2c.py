@@ -5,7 +5,7 @@ fed to a 2D network as channels, and it predicts the centre slice.
 ``z_context`` (odd, 3..9, default 5). ``in_channels`` stays the number of channels *per slice* (what the
 image has); the wrapped 2D network sees ``in_channels * z_context``. Training and prediction read
 ``network.z_context`` and build the inputs with :func:`stack_z_context` (or the equivalent
-``engine.data.z_context_stack``):
+``engine.arrays.z_context_stack``):
 
 * channel order is plane-major: channels ``0..C-1`` are slice ``z - k`` (``k = z_context // 2``),
   the next ``C`` slice ``z - k + 1``, ..., so the centre slice sits at ``k*C .. k*C + C - 1``;
@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .. import arrays
+from ..arrays import mirror_index  # noqa: F401  (re-exported: part of this module's documented API)
 from ..errors import InputError
 from .base import SegmentationNetwork
 from .deeplab import deeplabv3plus
@@ -37,49 +39,28 @@ def check_z_context(z_context: Any) -> int:
     return int(z_context)
 
 
-def mirror_index(index: int, size: int) -> int:
-    """Reflect ``index`` into ``0..size-1`` without repeating the edge (period ``2*(size-1)``).
-
-    >>> [mirror_index(i, 4) for i in range(-3, 7)]
-    [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
-    """
-    if size < 1:
-        raise InputError(f"cannot take slices of an empty stack (size={size})")
-    if size == 1:
-        return 0
-    period = 2 * (size - 1)
-    index = abs(int(index)) % period
-    return period - index if index >= size else index
-
-
 def z_context_indices(z: int, depth: int, z_context: int) -> list[int]:
-    """The slice indices stacked for centre slice ``z`` of a ``depth``-slice stack (mirrored ends).
+    """The slice indices stacked for centre slice ``z`` of a ``depth``-slice stack (mirrored ends);
+    ``z_context`` must be one of :data:`Z_CONTEXTS` (see :func:`engine.arrays.z_context_indices`).
 
     >>> z_context_indices(0, 10, 5)
     [2, 1, 0, 1, 2]
     """
-    half = check_z_context(z_context) // 2
-    if not 0 <= int(z) < int(depth):
-        raise InputError(f"slice z={z!r} is outside a stack of {depth} slices")
-    return [mirror_index(z + dz, depth) for dz in range(-half, half + 1)]
+    return arrays.z_context_indices(z, depth, check_z_context(z_context))
 
 
 def stack_z_context(volume: np.ndarray, z: int, z_context: int) -> np.ndarray:
     """Slices around ``z`` of a ``(C, Z, Y, X)`` volume as channels ``(C * z_context, Y, X)``.
 
     Plane-major order (all channels of slice ``z - k`` first), mirrored at the stack ends; see the
-    module docstring. Works on anything indexable like an array (numpy, memmap, zarr): only the needed
-    slices are read.
+    module docstring and :func:`engine.arrays.z_context_stack`. Works on anything indexable like an
+    array (numpy, memmap, zarr): only the needed slices are read.
 
     >>> v = np.arange(3)[None, :, None, None] * np.ones((2, 3, 1, 1))   # C=2, slice value = its index
     >>> stack_z_context(v, 0, 3)[:, 0, 0].tolist()
     [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     """
-    if getattr(volume, "ndim", None) != 4:
-        raise InputError(f"volume of shape {getattr(volume, 'shape', None)}: expected (C, Z, Y, X)")
-    depth = int(volume.shape[1])
-    planes = {i: np.asarray(volume[:, i]) for i in set(z_context_indices(z, depth, z_context))}
-    return np.concatenate([planes[i] for i in z_context_indices(z, depth, z_context)], axis=0)
+    return arrays.z_context_stack(volume, z, check_z_context(z_context))
 
 
 class Z2CNetwork(SegmentationNetwork):
