@@ -34,7 +34,8 @@ from .model_files import LoadedModel, load_model
 from .options import checked_keywords
 from .progress import Progress, ProgressCallback, report
 
-__all__ = ["predict_zarr", "BlockPlan", "block_regions", "default_block", "run_block", "PROBABILITY_DTYPES"]
+__all__ = ["predict_zarr", "blockwise_needed", "BlockPlan", "block_regions", "default_block", "run_block",
+           "PROBABILITY_DTYPES"]
 
 PROBABILITY_DTYPES = ("float32", "float16", "uint8")
 MARKERS = ".deepseg-blocks"
@@ -244,6 +245,22 @@ def _block_probabilities(model: LoadedModel, pixels: ChannelFirst, region: tuple
 
 
 # ---------------------------------------------------------------------------------------- the driver
+
+
+def blockwise_needed(source: str | Path, target: str | Path, cluster: Any = None) -> bool:
+    """Whether predicting ``source`` into ``target`` goes block by block through :func:`predict_zarr` (a zarr /
+    OME-Zarr input or output, or a Dask ``cluster``) rather than :func:`engine.prediction.predict_file`
+    (TIFF in, TIFF out, this process). A cluster with a non-zarr output is refused: workers write zarr.
+
+    >>> blockwise_needed("scan.tif", "labels.tif"), blockwise_needed("scan.tif", "labels.ome.zarr")
+    (False, True)
+    """
+    from .chunked_io import is_zarr_path
+
+    if cluster and not is_zarr_path(target):
+        raise InputError(f"cluster {str(cluster)!r}: Dask workers write their blocks into zarr, not into "
+                         f"{str(target)!r}; name the output *.zarr or *.ome.zarr")
+    return bool(cluster) or is_zarr_path(source) or is_zarr_path(target)
 
 
 @checked_keywords

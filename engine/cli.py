@@ -149,9 +149,9 @@ def _predict(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
         raise FileNotFoundError(f"input {str(source)!r} does not exist")
-    from .chunked_io import is_zarr_path
+    from .blockwise import blockwise_needed
 
-    if args.cluster or is_zarr_path(source) or is_zarr_path(args.out):
+    if blockwise_needed(source, args.out, args.cluster):
         return _predict_blockwise(args)
     if args.block or args.probabilities_dtype != "float32":
         raise DeepSegError("--block and --probabilities-dtype apply to zarr / OME-Zarr outputs (*.zarr, *.ome.zarr)")
@@ -367,9 +367,23 @@ def build_parser(*, extensions: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line, like errors: ``deepseg: warning: <message>``."""
+    print(f"deepseg: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepseg`` command; returns the exit status."""
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
             from .plugins import COMMANDS as GROUP, available

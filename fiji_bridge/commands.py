@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -40,22 +41,31 @@ def spec(command: str) -> CommandSpec:
     """The option spec of ``command`` (built on first use: the choices come from the engine)."""
     if command == PREDICT:
         return CommandSpec(PREDICT, "Segment an image with a trained model; shows the label image "
-                           "(and/or class probabilities) as new images.", (
+                           "(and/or class probabilities) as new images. A file (or a virtual stack opened from "
+                           "one) is streamed, never held in memory, into out= and shown as a virtual stack; "
+                           "zarr outputs are written but not shown (ImageJ 1.x cannot open zarr): the Log "
+                           "names them.", (
             Option("model", "folder", "", "the trained model folder", label="Model folder", required=True),
-            Option("image", "image", "", "image to segment: an open image's title or a file (empty: the active image)",
-                   label="Image"),
+            Option("image", "image", "", "image to segment: an open image's title or a file, TIFF or (OME-)Zarr "
+                   "(empty: the active image)", label="Image"),
             Option("tile", "size", None, "tile size in pixels (auto: the model's default)", label="Tile size"),
             Option("overlap", "float", 0.25, "fraction of a tile shared with its neighbours", label="Overlap",
                    minimum=0.0, maximum=0.9),
             Option("blend", "choice", "gaussian", "how overlapping tiles are combined", label="Blend",
                    choices=("gaussian", "mean")),
-            Option("output", "choice", "labels", "what to show", label="Output",
+            Option("output", "choice", "labels", "what to show (streamed: the probabilities are saved beside the "
+                   "labels, as <out>-probabilities.tif / .zarr / .ome.zarr)", label="Output",
                    choices=("labels", "probabilities", "both")),
             Option("batch", "int", None, "tiles per forward pass (auto: 8 in 2D, 2 in 3D)", label="Batch size",
                    minimum=1, auto="auto"),
             Option("tta", "bool", False, "mirroring test-time augmentation (slower, smoother)",
                    label="TTA (test-time augmentation)"),
             _DEVICE,
+            Option("out", "file", "", "for a file or virtual stack: the label file to write, .tif (opened as a "
+                   "virtual stack) or .zarr / .ome.zarr (block by block, resumable; not opened) (empty: a "
+                   "temporary TIFF)", label="Out (labels file)"),
+            Option("cluster", "string", "", "run the blocks on Dask: local:N or a scheduler address such as "
+                   "tcp://host:8786; needs a zarr out (empty: this process)", label="Cluster (Dask)"),
         ))
     if command == TRAIN:
         from engine.config import train_options
@@ -107,6 +117,7 @@ class CommandRunner:
     def __init__(self, session: "Session") -> None:
         self.session = session
         self._models: dict[tuple[str, str, float], Any] = {}
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None  # temporary outputs of DeepSeg Predict...
         self._run = {TRAIN: self.train, PREDICT: self.predict, EVALUATE: self.evaluate, MODEL_INFO: self.model_info,
                      ACTIVATIONS: self.activations}
 
@@ -166,21 +177,27 @@ class CommandRunner:
 
     def image_or_path(self, reference: str, what: str, *, labels: bool = False) -> tuple[Any, Any]:
         """``(DataArray, ImagePlus)`` for an open image (by title; "" = active), or ``(Path, None)`` for a file/folder."""
+        imp, path = self.find_image(reference, what)
+        return (path, None) if imp is None else (self.to_array(imp, labels), imp)
+
+    def find_image(self, reference: str, what: str) -> tuple[Any, Path | None]:
+        """``(ImagePlus, None)`` for an open image (by title; "" = active), or ``(None, Path)`` for a file/folder;
+        no pixels are copied."""
         session = self.session
         if not reference:
             imp = session.current_image()
             if imp is None:
                 raise InputError(f"{what}: no image is open; open one or give {what}=<title or file>")
-            return self.to_array(imp, labels), imp
+            return imp, None
         imp = session.jclass("ij.WindowManager").getImage(reference)
         current = session.current_image()
         if imp is None and current is not None and str(current.getTitle()) == reference:
             imp = current
         if imp is not None:
-            return self.to_array(imp, labels), imp
+            return imp, None
         path = Path(reference).expanduser()
         if path.exists():
-            return path, None
+            return None, path
         titles = session.image_titles()
         listing = f"open images: {', '.join(titles)}" if titles else "no images are open"
         raise InputError(f"{what}={reference!r} is neither an open image nor an existing file or folder ({listing})")
@@ -229,26 +246,24 @@ class CommandRunner:
     # --------------------------------------------------------------------------------------- commands
 
     def predict(self, values: dict[str, Any], result: "CommandResult") -> None:
+        imp, path = self.find_image(values["image"], "image")
+        source = path if imp is None else _file_behind(imp)
+        if source is not None:
+            self.predict_streaming(source, imp, values, result)
+            return
+        if values["out"] or values["cluster"]:
+            raise InputError(f"out= and cluster= apply to images given as files: image {str(imp.getTitle())!r} is held "
+                             "in memory; give image=<file> (or open it with File > Import > TIFF Virtual Stack...)")
         from engine.prediction import predict
 
-        image, imp = self.image_or_path(values["image"], "image")
-        if isinstance(image, Path):
-            from engine.io import read_image
-
-            if image.is_dir():
-                raise InputError(f"image={str(image)!r} is a folder; give one image (a macro can loop over a folder)")
-            image = read_image(image)
+        image = self.to_array(imp, False)
         model = self.model(values["model"], values["device"])
         output = values["output"]
-        prediction = predict(
-            model, image, tile=values["tile"], overlap=values["overlap"], blend=values["blend"],
-            batch=values["batch"] or None, probabilities=output != "labels", tta=values["tta"],
-            progress=self.progress(PREDICT),
-        )
+        prediction = predict(model, image, probabilities=output != "labels", **_predict_options(values),
+                             progress=self.progress(PREDICT))
         from . import convert
 
-        base = _base_title(imp.getTitle() if imp is not None else image.name)
-        calibration = imp.getCalibration() if imp is not None else None
+        base, calibration = _base_title(imp.getTitle()), imp.getCalibration()
         if output in ("labels", "both"):
             self.show(convert.labels_to_imageplus(prediction.labels, f"{base}-labels", calibration=calibration), result)
         if output in ("probabilities", "both"):
@@ -258,6 +273,69 @@ class CommandRunner:
             )
             self.show(probabilities, result)
         result.info = {"model": str(model.path), "classes": model.class_names}
+
+    def predict_streaming(self, source: Path, imp: Any, values: dict[str, Any], result: "CommandResult") -> None:
+        """``DeepSeg Predict...`` of a file (or of the file behind a virtual stack), streamed as ``deepseg predict``
+        does: into a TIFF, opened as a virtual stack, or block by block into zarr (optionally on Dask), logged."""
+        from engine.blockwise import blockwise_needed, predict_zarr
+        from engine.chunked_io import is_zarr_path
+        from engine.fileutil import refuse_overwriting
+        from engine.prediction import predict_file
+
+        if source.is_dir() and not is_zarr_path(source):
+            raise InputError(f"image={str(source)!r} is a folder; give one image (a macro can loop over a folder)")
+        base = _base_title(imp.getTitle() if imp is not None else source.name)
+        labels = self.labels_output(values["out"], source, base)
+        probabilities = _beside(labels, "probabilities") if values["output"] != "labels" else None
+        into_input = is_zarr_path(source) and labels.resolve() == source.resolve()  # NGFF labels/ beside the image
+        refuse_overwriting({"out": None if into_input else labels, "the probabilities": probabilities},
+                           {"the image": source})
+        cluster = values["cluster"] or None
+        chunked = blockwise_needed(source, labels, cluster)
+        model = self.model(values["model"], values["device"])
+        run = dict(**_predict_options(values), progress=self.progress(PREDICT))
+        if chunked:
+            summary = predict_zarr(model, source, labels, probabilities=probabilities, device=values["device"],
+                                   cluster=cluster, **run)
+            self.session.IJ.log(f"{PREDICT.rstrip('.')}: labels written to {summary['labels']}"
+                                + (f", probabilities to {probabilities}" if probabilities else "")
+                                + " (zarr: ImageJ 1.x cannot show it; open it with an OME-Zarr reader)")
+        else:
+            summary = predict_file(model, source, labels, probabilities_path=probabilities, **run)
+            if values["output"] in ("labels", "both"):
+                self.show(self.open_virtual(labels, f"{base}-labels" if not values["out"] else None), result)
+            if probabilities is not None:
+                self.show(self.open_virtual(probabilities, f"{base}-probabilities" if not values["out"] else None,
+                                            display_range=(0.0, 1.0)), result)
+        result.info = {"model": str(model.path), "classes": model.class_names, **summary}
+
+    def labels_output(self, out: str, source: Path, base: str) -> Path:
+        """The label file of a streamed prediction: ``out`` (.tif, .zarr or .ome.zarr), or a new temporary TIFF."""
+        if out:
+            path = Path(out).expanduser()
+            if not path.name.lower().endswith((".tif", ".tiff", ".zarr")):
+                raise InputError(f"out={out!r} is not a label file: expected a .tif, .zarr or .ome.zarr path")
+            return path
+        from engine.chunked_io import is_zarr_path
+
+        if is_zarr_path(source):
+            raise InputError(f"image={str(source)!r} is zarr: give out=<labels.ome.zarr, labels.zarr, or the image "
+                             "itself to add its labels/> (ImageJ 1.x cannot show zarr)")
+        if self._scratch is None:  # removed when the session's process ends
+            self._scratch = tempfile.TemporaryDirectory(prefix="deepseg-fiji-")
+        return Path(tempfile.mkdtemp(dir=self._scratch.name)) / f"{base}-labels.tif"
+
+    def open_virtual(self, path: Path, title: str | None, display_range: tuple[float, float] | None = None) -> Any:
+        """A TIFF opened as an ImageJ virtual stack (planes read on demand; LUT and calibration from the file)."""
+        imp = self.session.IJ.openVirtual(str(path))
+        if imp is None:
+            raise InputError(f"ImageJ cannot open {str(path)!r} as a virtual stack: {self.session.IJ.getErrorMessage()}")
+        if title:
+            imp.setTitle(title)
+        for c in range(1, int(imp.getNChannels()) + 1) if display_range else ():
+            imp.setPositionWithoutUpdate(c, 1, 1)
+            imp.setDisplayRange(*display_range)
+        return imp
 
     def train(self, values: dict[str, Any], result: "CommandResult") -> None:
         from engine.config import TrainConfig
@@ -392,6 +470,33 @@ def train_values(config: Any) -> dict[str, Any]:
     from engine.options import from_config
 
     return spec(TRAIN).validate({d.key: from_config(d, getattr(config, d.name)) for d in train_options() if d.key})
+
+
+def _predict_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The tiling options of ``DeepSeg Predict...`` as the engine's prediction functions take them."""
+    return dict(tile=values["tile"], overlap=values["overlap"], blend=values["blend"], batch=values["batch"] or None,
+                tta=values["tta"])
+
+
+def _file_behind(imp: Any) -> Path | None:
+    """The file an ImageJ virtual stack reads its planes from (File > Import > TIFF Virtual Stack...), else None:
+    images held in memory are predicted as they are (they may differ from their file)."""
+    if not bool(imp.getStack().isVirtual()):
+        return None
+    info = imp.getOriginalFileInfo()
+    if info is None or not info.directory or not info.fileName:
+        return None
+    path = Path(str(info.directory), str(info.fileName))
+    return path if path.is_file() else None
+
+
+def _beside(labels: Path, what: str) -> Path:
+    """``x.tif`` -> ``x-<what>.tif`` (``.ome.zarr``, ``.zarr``, ``.tiff`` kept whole)."""
+    name = labels.name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return labels.with_name(f"{name[: -len(suffix)]}-{what}{name[-len(suffix):]}")
+    return labels.with_name(f"{name}-{what}")
 
 
 def _base_title(title: Any) -> str:

@@ -354,11 +354,3 @@ def test_stack_z_context_mirrors_at_the_ends():
         stack_z_context(vol[0], 0, 3)
     with pytest.raises(InputError):
         stack_z_context(vol, 4, 3)
-
-
-def test_stack_z_context_matches_the_training_sampler():
-    import engine.data as data
-    vol = np.random.default_rng(0).random((2, 5, 4, 4)).astype(np.float32)
-    for z in range(5):
-        for k in (3, 5, 7, 9):
-            assert np.array_equal(stack_z_context(vol, z, k), data.z_context_stack(vol, z, k))

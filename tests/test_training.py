@@ -323,7 +323,7 @@ def test_cli_refuses_a_foreign_folder_and_warns_about_a_large_patch(tmp_path):
     assert sorted(foreign.iterdir()) == [foreign / "history.csv"] and (foreign / "history.csv").read_text() == "mine\n"
     clamped = deepseg(tmp_path / "model", "--patch", "64", "--option", "depth=1", "--option", "filters=4")
     assert clamped.returncode == 0, clamped.stderr
-    assert "patch [64, 64] is larger than the training images (largest [20, 28]): using patch [20, 28]" in clamped.stderr
+    assert "deepseg: warning: patch [64, 64] is larger than the training images (largest [20, 28]): using patch [20, 28]" in clamped.stderr
 
 
 # ------------------------------------------------------------------------------ options have effects
