@@ -3,6 +3,8 @@
     python benchmarks/bench_large_volume.py                      # 48, 192, 768 planes of 1024 x 1024
     python benchmarks/bench_large_volume.py --planes 48,96       # a shorter run
     python benchmarks/bench_large_volume.py --planes 8,16 --size 256 --methods ours   # a smoke test
+    python benchmarks/bench_large_volume.py --shape 1228,1902,1042 --dtype uint8 --methods ours \
+        --network unet2d --options depth=2,filters=4 --tile 512              # the fossil-CT size, 2.4e9 voxels
 
 For each number of planes: writes a uint16 volume of ``planes x size x size`` as an uncompressed TIFF,
 saves a randomly initialised ``unet3d`` (depth 3, 8 filters) model folder, and runs each method in its
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 
 TILE = (32, 128, 128)
-NETWORK = {"depth": 3, "filters": 8}
+NETWORK = ("unet3d", {"depth": 3, "filters": 8})
 
 
 # ---------------------------------------------------------------------------------- in the subprocess
@@ -74,6 +76,7 @@ def run_ours(volume: str, model: str, out: str) -> None:
     from engine.prediction import predict_file
 
     predict_file(model, volume, out, tile=TILE, overlap=0.25, batch=4, device="cpu")
+    print(f"labels written: {Path(out).stat().st_size / 2**30:.2f} GiB", file=sys.stderr)
 
 
 def run_monai(volume: str, model: str, out: str) -> None:
@@ -116,7 +119,7 @@ def child(method: str, volume: str, model: str, out: str) -> None:
 # ------------------------------------------------------------------------------------------- driver
 
 
-def make_inputs(folder: Path, shape: tuple[int, ...]) -> tuple[Path, Path]:
+def make_inputs(folder: Path, shape: tuple[int, ...], dtype: str = "uint16") -> tuple[Path, Path]:
     import numpy as np
     import tifffile
     import torch
@@ -126,18 +129,21 @@ def make_inputs(folder: Path, shape: tuple[int, ...]) -> tuple[Path, Path]:
     from engine.normalization import Normalization
 
     path = folder / f"volume{shape[0]}.tif"
-    volume = tifffile.memmap(path, shape=shape, dtype=np.uint16, imagej=True, metadata={"axes": "ZYX"})
+    volume = tifffile.memmap(path, shape=shape, dtype=dtype, imagej=True, metadata={"axes": "ZYX"})
     rng = np.random.default_rng(0)
+    high = 4000 if dtype == "uint16" else 250
     for z in range(shape[0]):
-        volume[z] = rng.integers(0, 4000, shape[1:], dtype=np.uint16)
+        volume[z] = rng.integers(0, high, shape[1:], dtype=dtype)
     volume.flush()
     del volume
     model = folder / "model"
     if not model.exists():
         torch.manual_seed(0)
-        net = build("unet3d", in_channels=1, classes=2, **NETWORK).eval()
-        norm = Normalization("zscore", mean=[2000.0], std=[1150.0])
-        save_model(net, model, patch=TILE, axes="ZYX", normalization=norm)
+        name, options = NETWORK
+        net = build(name, in_channels=1, classes=2, **options).eval()
+        norm = Normalization("zscore", mean=[high / 2], std=[high / 3.5])
+        patch = TILE if len(TILE) == net.spatial_dims else TILE * net.spatial_dims
+        save_model(net, model, patch=patch, axes="ZYX", normalization=norm)
     return path, model
 
 
@@ -156,7 +162,8 @@ def monai_fits(shape: tuple[int, ...]) -> bool:
 def measure(method: str, volume: Path, model: Path, out: Path, threads: int | None) -> dict:
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
             + (f"torch.set_num_threads({threads}); " if threads else "")
-            + f"import bench_large_volume as b; b.child({method!r}, {str(volume)!r}, {str(model)!r}, {str(out)!r})")
+            + f"import bench_large_volume as b; b.TILE = {TILE!r}; "
+            + f"b.child({method!r}, {str(volume)!r}, {str(model)!r}, {str(out)!r})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{method} on {volume.name} failed:\n{done.stderr[-3000:]}")
@@ -192,6 +199,19 @@ def report(rows: list[dict]) -> None:
               f"file-backed {file:.0f} KiB")
 
 
+def configure(args: argparse.Namespace) -> None:
+    """Network and tile from the command line (module globals, passed on to the subprocesses)."""
+    global NETWORK, TILE
+    options = {}
+    for item in (args.options or "").split(","):
+        if item:
+            key, value = item.split("=")
+            options[key] = int(value) if value.isdigit() else value
+    NETWORK = (args.network, options or (NETWORK[1] if args.network == NETWORK[0] else {}))
+    if args.tile:
+        TILE = tuple(int(t) for t in args.tile.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--planes", default="48,192,768", help="numbers of planes, comma-separated")
@@ -199,14 +219,22 @@ def main() -> None:
     parser.add_argument("--methods", default="ours,monai", help="ours, monai or both")
     parser.add_argument("--threads", type=int, help="torch threads per run")
     parser.add_argument("--dir", help="working folder (default: a temporary one)")
+    parser.add_argument("--shape", help="one volume of Z,Y,X voxels instead of --planes/--size")
+    parser.add_argument("--dtype", default="uint16", choices=("uint8", "uint16"))
+    parser.add_argument("--network", default=NETWORK[0], help="network name (random weights)")
+    parser.add_argument("--options", help="network options, e.g. depth=2,filters=4")
+    parser.add_argument("--tile", help="tile size, e.g. 32,128,128 (3D) or 512 (2D networks)")
     args = parser.parse_args()
     methods = args.methods.split(",")
+    configure(args)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
-        for planes in (int(p) for p in args.planes.split(",")):
-            shape = (planes, args.size, args.size)
-            volume, model = make_inputs(folder, shape)
+        shapes = ([tuple(int(n) for n in args.shape.split(","))] if args.shape
+                  else [(int(p), args.size, args.size) for p in args.planes.split(",")])
+        for shape in shapes:
+            planes = shape[0]
+            volume, model = make_inputs(folder, shape, args.dtype)
             for method in methods:
                 if method == "monai" and not monai_fits(shape):
                     print(f"{planes} planes: MONAI skipped (its whole-volume buffers do not fit in memory)")
@@ -216,7 +244,9 @@ def main() -> None:
             if {"ours", "monai"} <= {r["method"] for r in rows if r["planes"] == planes}:
                 rows[-1]["agree"] = agreement(folder / f"ours{planes}.tif", folder / f"monai{planes}.tif")
             volume.unlink()
-    print(f"planes of {args.size} x {args.size} uint16; unet3d {NETWORK}, tile {TILE}, overlap 0.25, batch 4, CPU")
+    plane = f"{shapes[0][1]} x {shapes[0][2]}"
+    print(f"planes of {plane} {args.dtype}; {NETWORK[0]} {NETWORK[1]}, random weights, tile {TILE}, overlap 0.25, "
+          "batch 4, CPU")
     report(rows)
 
 

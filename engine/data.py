@@ -4,15 +4,21 @@ Array helpers (mirror padding, crops, z-context stacks, finite checks) live in :
 ``check_finite``, ``crop_padded`` and ``z_context_stack`` stay importable from here.
 
 A :class:`Sample` holds one image as channel-first pixels ``(C, *spatial)`` in its file's dtype (not
-copied to float, so large stacks can stay memory-mapped) and its labels ``(*spatial)`` as int32 with
+copied to float, so large stacks can stay memory-mapped) and its labels ``(*spatial)`` as int16/int32 with
 :data:`engine.losses.IGNORE_INDEX` (-1) where nothing is annotated (mask = 0, the ``ignore_label``).
+
+Files larger than :data:`IN_MEMORY_BYTES` (TIFF memory-mapped, zarr, OME-Zarr) stay on disk: their image is a
+:class:`LazyArray` and their labels a :class:`LazyLabels`, which read (and convert) only the patch indexed.
+Everything that looks at whole images (label checks, class counts, foreground coordinates, normalization
+statistics) reads them slab by slab, so training memory does not grow with the data; the values, and so the
+trained network, are the same as with the data in memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import xarray as xr
@@ -23,6 +29,8 @@ from .errors import InputError
 from .losses import IGNORE_INDEX
 
 _FG_SAMPLES = 20_000  # foreground coordinates kept per image for oversampling
+#: image + labels (+ mask) files up to this size are read into memory; larger ones are read patch by patch
+IN_MEMORY_BYTES = 256 << 20
 
 
 @dataclass
@@ -34,10 +42,117 @@ class Sample:
     name: str
     spacing: dict[str, float] = field(default_factory=dict)
     dims: tuple[str, ...] = ()
+    labels_name: str = ""  # how errors name the labels ("labels in 'lab.tif'"); default "labels of <name>"
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.labels.shape)
+
+    @property
+    def labels_what(self) -> str:
+        return self.labels_name or f"labels of {self.name!r}"
+
+
+# ------------------------------------------------------------------------------------- lazy arrays
+class LazyArray:
+    """A read-on-index view of an array-like (``np.memmap``, zarr array, :class:`engine.chunked_io.ChannelFirst`).
+
+    ``lead`` indexes fixed leading axes of ``base`` (e.g. ``(0,)``: the one channel of a label volume);
+    ``box`` (step-1 slices) is the window of the remaining axes seen. Indexing with integers and slices
+    (steps >= 1) reads only that part and returns a new, writable numpy array.
+    """
+
+    def __init__(self, base: Any, box: tuple[slice, ...] | None = None, *, lead: tuple[int, ...] = ()) -> None:
+        self.base, self.lead = base, tuple(lead)
+        self.box = box or tuple(slice(0, int(n)) for n in base.shape[len(self.lead):])
+        self.shape = tuple(b.stop - b.start for b in self.box)
+        self.dtype = np.dtype(base.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _key(self, key: Any) -> tuple[Any, ...]:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices {key!r} for a lazy array of shape {self.shape}")
+        mapped: list[Any] = []
+        for k, b, n in zip(key + (slice(None),) * (self.ndim - len(key)), self.box, self.shape):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step < 1:
+                    raise IndexError(f"negative step {k!r} is not supported on a lazy array")
+                mapped.append(slice(b.start + start, b.start + max(start, stop), step))
+            elif isinstance(k, (int, np.integer)) and -n <= int(k) < n:
+                mapped.append(b.start + int(k) % n)
+            else:
+                raise IndexError(f"index {k!r} is not supported on a lazy array of shape {self.shape}")
+        return self.lead + tuple(mapped)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.array(self.base[self._key(key)])  # a copy: never a read-only view of a memory map
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self[...]
+        return values if dtype is None else values.astype(dtype)
+
+    def window(self, index: tuple[slice, ...]) -> "LazyArray":
+        """The lazy sub-array ``self[index]`` (slices of step 1), nothing read."""
+        box = list(self.box)
+        for axis, k in enumerate(index):
+            start, stop, step = k.indices(self.shape[axis])
+            if step != 1:
+                raise IndexError(f"window {index!r}: only slices of step 1")
+            box[axis] = slice(self.box[axis].start + start, self.box[axis].start + max(start, stop))
+        return LazyArray(self.base, tuple(box), lead=self.lead)
+
+
+class LazyLabels:
+    """Lazy training labels: raw label values (and a mask) read per index and converted as
+    :func:`prepare_labels` does (``dtype``, ``IGNORE_INDEX`` where ``ignore_label`` or mask 0)."""
+
+    def __init__(self, raw: LazyArray, mask: LazyArray | None, ignore_label: int | None, dtype: np.dtype) -> None:
+        self.raw, self.mask, self.ignore_label, self.dtype = raw, mask, ignore_label, np.dtype(dtype)
+        self.shape, self.ndim, self.size = raw.shape, raw.ndim, raw.size
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        mask = None if self.mask is None else self.mask[key]
+        return _annotated(self.raw[key], mask, self.ignore_label, self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self[...]
+        return values if dtype is None else values.astype(dtype)
+
+    def window(self, index: tuple[slice, ...]) -> "LazyLabels":
+        mask = None if self.mask is None else self.mask.window(index)
+        return LazyLabels(self.raw.window(index), mask, self.ignore_label, self.dtype)
+
+
+def window(array: Any, index: tuple[slice, ...]) -> Any:
+    """``array[index]`` without reading a lazy array (a view for numpy)."""
+    return array.window(index) if isinstance(array, (LazyArray, LazyLabels)) else array[index]
+
+
+def label_slabs(labels: Any) -> Iterator[np.ndarray]:
+    """``labels`` (numpy or lazy) as numpy slabs along the first axis (bounded memory)."""
+    for slab in iter_slabs(labels.shape[0], int(np.prod(labels.shape[1:]))):
+        yield np.asarray(labels[slab])
+
+
+def _reduce_slabs(labels: Any, reduce: Callable[[np.ndarray], int]) -> list[int]:
+    return [reduce(block) for block in label_slabs(labels)]
+
+
+def labels_max(labels: Any) -> int:
+    """The largest label (``IGNORE_INDEX`` when none), read slab by slab."""
+    return max(_reduce_slabs(labels, lambda b: int(b.max(initial=IGNORE_INDEX))), default=IGNORE_INDEX)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -69,6 +184,31 @@ def _labels_like(data: np.ndarray | xr.DataArray, image: xr.DataArray, what: str
     return arr
 
 
+def _label_range(values: np.ndarray, name: str) -> tuple[int, int]:
+    """``(min, max)`` of raw label values (0 included); InputError for fractions, NaN or infinity."""
+    if not np.issubdtype(values.dtype, np.integer) and values.dtype != bool:
+        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+            raise InputError(f"{name} must hold integer class values, got dtype {values.dtype} with fractions")
+    return int(values.min(initial=0)), int(values.max(initial=0))
+
+
+def _label_type(low: int, high: int, name: str) -> np.dtype:
+    # int16 holds 32767 classes and the -1 "not annotated" marker at half the memory of int32
+    if low < 0:
+        raise InputError(f"{name} has negative values (min {low}); labels must be >= 0")
+    return np.dtype(np.int16 if high < 2**15 else np.int32)
+
+
+def _annotated(raw: np.ndarray, mask: np.ndarray | None, ignore_label: int | None, dtype: np.dtype) -> np.ndarray:
+    """Raw labels as ``dtype`` with ``IGNORE_INDEX`` where they equal ``ignore_label`` or ``mask`` is 0."""
+    out = np.asarray(raw).astype(dtype)
+    if ignore_label is not None:
+        out[out == int(ignore_label)] = IGNORE_INDEX
+    if mask is not None:
+        out[np.asarray(mask) == 0] = IGNORE_INDEX
+    return out
+
+
 def prepare_labels(
     labels: np.ndarray,
     *,
@@ -76,23 +216,22 @@ def prepare_labels(
     ignore_label: int | None = None,
     name: str = "labels",
 ) -> np.ndarray:
-    """Validate integer labels and return int32 with -1 where not annotated."""
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
-            raise InputError(f"{name} must hold integer class values, got dtype {labels.dtype} with fractions")
-    # int16 holds 32767 classes and the -1 "not annotated" marker at half the memory of int32
+    """Validate integer labels and return int16 (int32 beyond 32767) with -1 where not annotated."""
     raw = np.asarray(labels)
-    out = raw.astype(np.int16 if int(raw.max(initial=0)) < 2**15 else np.int32)
-    lowest = int(out.min(initial=0))
-    if lowest < 0:
-        raise InputError(f"{name} has negative values (min {lowest}); labels must be >= 0")
-    if ignore_label is not None:
-        out[out == int(ignore_label)] = IGNORE_INDEX
-    if mask is not None:
-        if mask.shape != out.shape:
-            raise InputError(f"mask shape {mask.shape} does not match {name} shape {out.shape}")
-        out[np.asarray(mask) == 0] = IGNORE_INDEX
-    return out
+    dtype = _label_type(*_label_range(raw, name), name)
+    if mask is not None and mask.shape != raw.shape:
+        raise InputError(f"mask shape {mask.shape} does not match {name} shape {raw.shape}")
+    return _annotated(raw, mask, ignore_label, dtype)
+
+
+def lazy_labels(raw: LazyArray, mask: LazyArray | None = None, *, ignore_label: int | None = None,
+                name: str = "labels") -> LazyLabels:
+    """:func:`prepare_labels` for labels on disk: values checked slab by slab, converted per patch."""
+    if mask is not None and mask.shape != raw.shape:
+        raise InputError(f"mask shape {mask.shape} does not match {name} shape {raw.shape}")
+    ranges = [_label_range(block, name) for block in label_slabs(raw)]
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    return LazyLabels(raw, mask, ignore_label, _label_type(low, high, name))
 
 
 def make_sample(
@@ -103,29 +242,65 @@ def make_sample(
     axes: str | None = None,
     ignore_label: int | None = None,
     name: str = "image",
+    labels_name: str = "",
 ) -> Sample:
-    """Build a validated :class:`Sample` from an image and its labels (numpy needs ``axes``)."""
+    """Build a validated :class:`Sample` from an image and its labels (numpy needs ``axes``).
+
+    ``labels_name`` names the labels in errors (default ``labels of <name>``)."""
     img = _to_image(image, axes)
     if "t" in img.dims:
         raise InputError(
             f"training image {name!r} has a time axis (dims {tuple(img.dims)}); split time points "
             "into separate images"
         )
-    lab = _labels_like(labels, img, f"labels of {name!r}")
+    what = labels_name or f"labels of {name!r}"
+    lab = _labels_like(labels, img, what)
     msk = _labels_like(mask, img, f"mask of {name!r}") if mask is not None else None
     pixels = channel_first(img)
     check_finite(pixels, name)
     return Sample(
         image=pixels,
-        labels=prepare_labels(lab, mask=msk, ignore_label=ignore_label, name=f"labels of {name!r}"),
+        labels=prepare_labels(lab, mask=msk, ignore_label=ignore_label, name=what),
         name=name,
         spacing=spacing_of(img),
         dims=spatial_dims(img),
+        labels_name=labels_name,
     )
 
 
+def lazy_sample(image: Any, labels: Any, mask: Any = None, *, ignore_label: int | None = None,
+                name: str = "image", labels_name: str = "") -> Sample:
+    """A :class:`Sample` read patch by patch from :class:`engine.chunked_io.Volume` s (image, labels,
+    optional mask): nothing is loaded whole; label values are checked slab by slab."""
+    what = labels_name or f"labels of {name!r}"
+    pixels = LazyArray(image.pixels)
+    check_finite(pixels, name)
+    raw = _spatial_view(labels, image, what)
+    msk = _spatial_view(mask, image, f"mask of {name!r}") if mask is not None else None
+    return Sample(pixels, lazy_labels(raw, msk, ignore_label=ignore_label, name=what), name,
+                  {d: float(image.spacing.get(d, 1.0)) for d in image.dims}, tuple(image.dims), labels_name)
+
+
+def _spatial_view(volume: Any, image: Any, what: str) -> LazyArray:
+    """The single channel of a label/mask volume as a lazy ``(*spatial)`` array matching ``image``."""
+    channels = volume.pixels.shape[0]
+    if channels != 1:
+        raise InputError(f"{what} has {channels} channels; expected a single-channel integer image")
+    extra = [d for d in volume.dims if d not in image.dims]
+    sizes = dict(zip(volume.dims, volume.spatial_shape))
+    if any(sizes[d] != 1 for d in extra) or any(d not in volume.dims for d in image.dims):
+        raise InputError(f"{what} dims {tuple(volume.dims)} do not match the image's spatial dims {tuple(image.dims)}")
+    lead = (0,) * (1 + len(extra))  # extra dims of size 1 can only lead: spatial dims are (pln, row, col)
+    view = LazyArray(volume.pixels, lead=lead)
+    if view.shape != tuple(image.spatial_shape):
+        raise InputError(f"{what} shape {view.shape} does not match the image's spatial shape "
+                         f"{tuple(image.spatial_shape)} (image dims {tuple(image.dims)})")
+    return view
+
+
 def _resolve_inputs(images: str | Path, labels: str | Path | None, masks: str | Path | None):
-    from .io import list_images
+    from .chunked_io import is_zarr_path
+    from .io import list_images, natural_key
 
     images = Path(images)
     if not images.exists():
@@ -145,9 +320,14 @@ def _resolve_inputs(images: str | Path, labels: str | Path | None, masks: str | 
         raise FileNotFoundError(f"training labels {str(labels)!r} do not exist")
 
     def files(path: Path, what: str) -> list[Path]:
-        found = list_images(path) if path.is_dir() else [path]
+        if is_zarr_path(path) or not path.is_dir():
+            return [path]
+        found = list_images(path)
+        stores = [p for p in path.iterdir() if p.name.lower().endswith(".zarr") and not p.name.startswith(".")]
+        if stores:
+            found = sorted(found + stores, key=lambda p: natural_key(p.name))
         if not found:
-            raise InputError(f"{what} folder {str(path)!r} holds no image files (TIFF, PNG, ...)")
+            raise InputError(f"{what} folder {str(path)!r} holds no image files (TIFF, PNG, zarr, ...)")
         return found
 
     image_files, label_files = files(images, "images"), files(labels, "labels")
@@ -172,20 +352,44 @@ def load_samples(
     axes: str | None = None,
     ignore_label: int | None = None,
 ) -> list[Sample]:
-    """Load image/label pairs from files or folders (paired by sorted name)."""
-    from .io import read_image
+    """Load image/label pairs from files, folders or zarr stores (paired by sorted name).
 
-    samples = []
-    for image_file, label_file, mask_file in _resolve_inputs(images, labels, masks):
-        image = read_image(image_file, axes=axes)
-        label = read_image(label_file)
-        mask = read_image(mask_file) if mask_file is not None else None
-        samples.append(
-            make_sample(image, label, mask=mask, ignore_label=ignore_label, name=Path(image_file).name)
-        )
+    TIFF and zarr/OME-Zarr pairs larger than :data:`IN_MEMORY_BYTES` stay on disk (:func:`lazy_sample`);
+    smaller ones are read into memory. Both give the same values."""
+    samples = [_load_pair(image_file, label_file, mask_file, axes, ignore_label)
+               for image_file, label_file, mask_file in _resolve_inputs(images, labels, masks)]
     if not samples:
         raise InputError(f"no training images found in {str(images)!r}")
     return samples
+
+
+def _load_pair(image_file: Path, label_file: Path, mask_file: Path | None, axes: str | None,
+               ignore_label: int | None) -> Sample:
+    from .chunked_io import is_zarr_path, open_volume, read_zarr
+    from .io import read_image
+
+    paths = [p for p in (image_file, label_file, mask_file) if p is not None]
+    named = {"name": image_file.name, "labels_name": f"labels in {label_file.name!r}"}
+    if sum(_stored_bytes(p, axes if p == image_file else None) for p in paths) > IN_MEMORY_BYTES:
+        image = open_volume(image_file, axes)
+        mask = open_volume(mask_file) if mask_file is not None else None
+        return lazy_sample(image, open_volume(label_file), mask, ignore_label=ignore_label, **named)
+
+    def read(path: Path, path_axes: str | None) -> xr.DataArray:
+        return read_zarr(path, path_axes) if is_zarr_path(path) else read_image(path, axes=path_axes)
+
+    mask = read(mask_file, None) if mask_file is not None else None
+    return make_sample(read(image_file, axes), read(label_file, None), mask=mask, ignore_label=ignore_label, **named)
+
+
+def _stored_bytes(path: Path, axes: str | None) -> int:
+    """Pixel bytes of a zarr array (from its metadata), else the size of the file(s) on disk."""
+    from .chunked_io import is_zarr_path, open_volume
+
+    if is_zarr_path(path):
+        pixels = open_volume(path, axes).pixels
+        return int(np.prod(pixels.shape)) * pixels.dtype.itemsize
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def samples_from_arrays(
@@ -233,16 +437,16 @@ def auto_patch(samples: Sequence[Sample], spatial_dims: int) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------- validation
 def check_classes(samples: Sequence[Sample], classes: int | None) -> int:
     """Return the class count (inferred as max label + 1 when ``classes`` is None) after checking labels."""
-    highest = max(int(s.labels.max(initial=IGNORE_INDEX)) for s in samples)
+    tops = [labels_max(s.labels) for s in samples]
+    highest = max(tops)
     if highest < 0:
         raise InputError("the labels contain no annotated voxel (all are unlabelled/ignored)")
     if classes is None:
         return max(2, highest + 1)
-    for s in samples:
-        top = int(s.labels.max(initial=IGNORE_INDEX))
+    for s, top in zip(samples, tops):
         if top >= classes:
             raise InputError(
-                f"labels of {s.name!r} contain value {top} but classes={classes}: "
+                f"{s.labels_what} contain value {top} but classes={classes}: "
                 f"expected values 0..{classes - 1} (or raise classes to {top + 1})"
             )
     return int(classes)
@@ -274,8 +478,8 @@ def split_validation(
 
     def part(sl: slice, suffix: str) -> Sample:
         index = (slice(None),) * axis + (sl,)
-        return Sample(only.image[(slice(None),) + index], only.labels[index], only.name + suffix,
-                      only.spacing, only.dims)
+        return Sample(window(only.image, (slice(None),) + index), window(only.labels, index), only.name + suffix,
+                      only.spacing, only.dims, only.labels_name)
 
     return [part(slice(0, cut), "[train]")], [part(slice(cut, None), "[validation]")]
 
@@ -320,7 +524,8 @@ class PatchSampler:
         rng = np.random.default_rng(seed)
         self._fg = [self._coords(s.labels, 1, rng) for s in self.samples]
         self._annotated = [
-            self._coords(s.labels, 0, rng) if np.count_nonzero(s.labels < 0) * 2 > s.labels.size else None
+            self._coords(s.labels, 0, rng) if sum(_reduce_slabs(s.labels, lambda b: np.count_nonzero(b < 0))) * 2
+            > np.prod(s.spatial_shape) else None
             for s in self.samples
         ]
         sizes = np.array([np.prod(s.spatial_shape) for s in self.samples], dtype=np.float64)
@@ -331,7 +536,7 @@ class PatchSampler:
         """Up to ``_FG_SAMPLES`` random coordinates where ``labels >= minimum``, found slab by slab
         along the first axis so huge volumes never need a full-size index array."""
         slabs = list(iter_slabs(labels.shape[0], int(np.prod(labels.shape[1:]))))
-        counts = [int(np.count_nonzero(labels[slab] >= minimum)) for slab in slabs]
+        counts = _reduce_slabs(labels, lambda b: int(np.count_nonzero(b >= minimum)))
         total = sum(counts)
         if total == 0:
             return None
@@ -341,8 +546,9 @@ class PatchSampler:
         for slab, count in zip(slabs, counts):
             chosen = picks[(picks >= offset) & (picks < offset + count)] - offset
             if len(chosen):
-                flat = np.flatnonzero(labels[slab] >= minimum)[chosen]
-                found = np.stack(np.unravel_index(flat, labels[slab].shape), axis=1)
+                block = np.asarray(labels[slab])
+                flat = np.flatnonzero(block >= minimum)[chosen]
+                found = np.stack(np.unravel_index(flat, block.shape), axis=1)
                 found[:, 0] += slab.start
                 coords.append(found)
             offset += count

@@ -116,11 +116,17 @@ class Normalization:
         return cls(**known)
 
 
-def _sample_voxels(image: np.ndarray) -> np.ndarray:
+def _sample_voxels(image: Any) -> np.ndarray:
     """About ``_SAMPLE_PER_IMAGE`` voxels per channel on a regular grid, ``(C, n)`` float64.
 
-    Strides per axis (not a reshape) so a transposed memory map is read, never copied whole."""
+    Strides per axis (not a reshape), read in slabs along the first spatial axis, so a memory map or a
+    lazy (zarr) image is read piece by piece, never copied whole."""
+    from .arrays import iter_slabs
+
     spatial = image.shape[1:]
     step = max(1, int(np.ceil((np.prod(spatial) / _SAMPLE_PER_IMAGE) ** (1 / max(len(spatial), 1)))))
-    grid = np.asarray(image[(slice(None),) + (slice(None, None, step),) * len(spatial)], dtype=np.float64)
-    return grid.reshape(image.shape[0], -1)
+    rows = range(0, int(spatial[0]), step)
+    rest = (slice(None, None, step),) * (len(spatial) - 1)
+    parts = [np.asarray(image[(slice(None), slice(rows[s.start], rows[s.stop - 1] + 1, step)) + rest], dtype=np.float64)
+             for s in iter_slabs(len(rows), step * int(np.prod(spatial[1:])) * int(image.shape[0]))]
+    return np.concatenate(parts, axis=1).reshape(image.shape[0], -1)

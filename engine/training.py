@@ -35,8 +35,8 @@ import torch
 from .augment import Augmentation
 from .axes import DIM_TO_LETTER
 from .config import TrainConfig, check_class_names
-from .data import (PatchSampler, Sample, auto_patch, check_classes, load_samples, samples_from_arrays,
-                   split_validation)
+from .data import (PatchSampler, Sample, auto_patch, check_classes, label_slabs, load_samples,
+                   samples_from_arrays, split_validation)
 from .errors import InputError, ModelFileError
 from .fileutil import atomic_path
 from .losses import IGNORE_INDEX, SegmentationLoss, class_weights_from_counts
@@ -304,7 +304,8 @@ def class_counts(samples: Sequence[Sample], classes: int) -> np.ndarray:
     """Annotated voxels of each class over ``samples`` (unlabelled and masked-out voxels not counted)."""
     counts = np.zeros(classes, dtype=np.int64)
     for s in samples:
-        counts += np.bincount(s.labels[s.labels >= 0].ravel(), minlength=classes)[:classes]
+        for block in label_slabs(s.labels):  # slab by slab: labels may be read lazily from disk
+            counts += np.bincount(block[block >= 0].ravel(), minlength=classes)[:classes]
     return counts
 
 
