@@ -3,7 +3,7 @@
 // Arguments (getArgument(), key=value, [brackets] around values with spaces):
 //   prediction=<folder of predicted label images>  truth=<folder of ground-truth label images>
 //   (files are paired by name, extension ignored)
-//   optional: results=<CSV file for the per-image table>  classes=0 (0 = largest label + 1)
+//   optional: results=<CSV file for the per-image table>  classes=auto (auto = largest label + 1)
 //             ignore=-1 (truth label to leave out, -1 = none)  names=[background,nucleus]
 // Run:  deepseg macro macros/evaluate_folder.ijm --args prediction=/data/labels truth=/data/truth results=/data/metrics.csv
 
@@ -11,7 +11,7 @@ args = getArgument();
 prediction = call("ij.Macro.getValue", args, "prediction", "");
 truth = call("ij.Macro.getValue", args, "truth", "");
 results = call("ij.Macro.getValue", args, "results", "");
-classes = call("ij.Macro.getValue", args, "classes", "0");
+classes = call("ij.Macro.getValue", args, "classes", "auto");
 ignore = call("ij.Macro.getValue", args, "ignore", "-1");
 names = call("ij.Macro.getValue", args, "names", "");
 if (prediction == "" || truth == "")
@@ -25,7 +25,7 @@ if (results != "") {
 }
 
 run("DeepSeg Evaluate...", "prediction=[" + prediction + "] truth=[" + truth + "] classes=" + classes + " ignore=" + ignore + " names=[" + names + "]");
-// One row per image, and a last row "all" when there are several.
+// One row per image, and a last row "all" (every voxel of every image together).
 last = nResults - 1;
 print("deepseg: " + getResultString("image", last) + ": mean foreground Dice " + d2s(getResult("mean_foreground_dice", last), 4) + ", mean IoU " + d2s(getResult("mean_iou", last), 4));
 if (results != "")

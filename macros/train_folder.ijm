@@ -4,7 +4,7 @@
 //   images=<folder of images, or a DeepMIB training folder with Images/ and Labels/>
 //   labels=<folder of label images (paired by sorted name); omit with a DeepMIB folder>
 //   model=<folder for the trained model>
-//   optional: network=unet2d patch=128 epochs=50 batch=4 classes=0 (0 = largest label + 1)
+//   optional: network=unet2d patch=128 epochs=50 batch=4 classes=auto (auto = largest label + 1)
 //             options=[depth=4 filters=32] lr=0.001 validation=0.25 device=auto
 // Run:  deepseg macro macros/train_folder.ijm --args images=/data/train/images labels=/data/train/labels model=/models/nuclei
 
@@ -16,7 +16,7 @@ network = call("ij.Macro.getValue", args, "network", "unet2d");
 patch = call("ij.Macro.getValue", args, "patch", "128");
 epochs = call("ij.Macro.getValue", args, "epochs", "50");
 batch = call("ij.Macro.getValue", args, "batch", "4");
-classes = call("ij.Macro.getValue", args, "classes", "0");
+classes = call("ij.Macro.getValue", args, "classes", "auto");
 options = call("ij.Macro.getValue", args, "options", "");
 lr = call("ij.Macro.getValue", args, "lr", "0.001");
 validation = call("ij.Macro.getValue", args, "validation", "0.25");
