@@ -1,7 +1,7 @@
 """Training data: image/label pairs from files, folders or arrays; validation split; patch sampling.
 
 Array helpers (mirror padding, crops, z-context stacks, finite checks) live in :mod:`engine.arrays`;
-``check_finite``, ``crop_padded`` and ``z_context_stack`` stay importable from here.
+``check_finite`` and ``crop_padded`` stay importable from here.
 
 A :class:`Sample` holds one image as channel-first pixels ``(C, *spatial)`` in its file's dtype (not
 copied to float, so large stacks can stay memory-mapped) and its labels ``(*spatial)`` as int16/int32 with
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import xarray as xr
 
-from .arrays import check_finite, crop_padded, fit_window, iter_slabs, plane_patch, z_context_stack  # noqa: F401
+from .arrays import check_finite, crop_padded, fit_window, iter_slabs, plane_patch  # noqa: F401
 from .axes import as_image, channel_first, spacing_of, spatial_dims
 from .errors import InputError
 from .losses import IGNORE_INDEX

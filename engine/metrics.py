@@ -437,9 +437,9 @@ class FolderReport:
         """A text table: one line per image and ``all``, with the foreground Dice, mean IoU and accuracy."""
         width = max(len(name) for name, _ in [*self.images, ("all", None)])
         lines = [f"{'image':<{width}}  {'foreground Dice':>15}  {'mean IoU':>8}  {'accuracy':>8}"]
-        for name, report in [*self.images, ("all", self.total)]:
-            lines.append(f"{name:<{width}}  {_fmt(report.mean_foreground_dice):>15}  {_fmt(report.mean_iou):>8}  "
-                         f"{_fmt(report.global_accuracy):>8}")
+        for name, scores in [*self.images, ("all", self.total)]:
+            lines.append(f"{name:<{width}}  {_fmt(scores.mean_foreground_dice):>15}  {_fmt(scores.mean_iou):>8}  "
+                         f"{_fmt(scores.global_accuracy):>8}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import xarray as xr
 
 from engine.augment import Augmentation
 from engine.config import TrainConfig
-from engine.data import (PatchSampler, check_classes, crop_padded, make_sample, split_validation,
-                         z_context_stack)
+from engine.arrays import z_context_stack
+from engine.data import PatchSampler, check_classes, crop_padded, make_sample, split_validation
 from engine.errors import InputError
 from engine.losses import IGNORE_INDEX
 from engine.normalization import Normalization
