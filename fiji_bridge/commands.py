@@ -32,7 +32,9 @@ PREDICT = "DeepSeg Predict..."
 EVALUATE = "DeepSeg Evaluate..."
 MODEL_INFO = "DeepSeg Model Info..."
 ACTIVATIONS = "DeepSeg Activations..."
-COMMANDS: tuple[str, ...] = (TRAIN, PREDICT, EVALUATE, MODEL_INFO, ACTIVATIONS)
+POSTPROCESS = "DeepSeg Post-process..."
+MEASURE = "DeepSeg Measure..."
+COMMANDS: tuple[str, ...] = (TRAIN, PREDICT, EVALUATE, MODEL_INFO, ACTIVATIONS, POSTPROCESS, MEASURE)
 _DEVICE = Option("device", "string", "auto", "where to compute: auto, cpu, cuda, cuda:N or mps", label="Device")
 
 
@@ -67,6 +69,14 @@ def spec(command: str) -> CommandSpec:
             Option("cluster", "string", "", "run the blocks on Dask: local:N or a scheduler address such as "
                    "tcp://host:8786; needs a zarr out (empty: this process)", label="Cluster (Dask)"),
         ))
+    if command == POSTPROCESS:
+        from .command_postprocess import postprocess_spec
+
+        return postprocess_spec()
+    if command == MEASURE:
+        from .command_measure import measure_spec
+
+        return measure_spec()
     if command == TRAIN:
         from engine.config import train_options
 
@@ -119,7 +129,7 @@ class CommandRunner:
         self._models: dict[tuple[str, str, float], Any] = {}
         self._scratch: tempfile.TemporaryDirectory[str] | None = None  # temporary outputs of DeepSeg Predict...
         self._run = {TRAIN: self.train, PREDICT: self.predict, EVALUATE: self.evaluate, MODEL_INFO: self.model_info,
-                     ACTIVATIONS: self.activations}
+                     ACTIVATIONS: self.activations, POSTPROCESS: self.postprocess, MEASURE: self.measure}
 
     def dispatch(self, command: str, options: str | None) -> str | None:
         """Entry point from ImageJ: None on success, else the error message (ImageJ shows or aborts with it)."""
@@ -407,6 +417,16 @@ class CommandRunner:
         rows = [{"key": key, "value": _text(value)} for key, value in info.items()]
         self.show_table(rows, result)
         result.info = info
+
+    def postprocess(self, values: dict[str, Any], result: "CommandResult") -> None:
+        from .command_postprocess import run_postprocess
+
+        run_postprocess(self, values, result)
+
+    def measure(self, values: dict[str, Any], result: "CommandResult") -> None:
+        from .command_measure import run_measure
+
+        run_measure(self, values, result)
 
     def activations(self, values: dict[str, Any], result: "CommandResult") -> None:
         from engine import activations as act
