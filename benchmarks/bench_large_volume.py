@@ -241,6 +241,7 @@ def main() -> None:
                     continue
                 result = measure(method, volume, model, folder / f"{method}{planes}.tif", args.threads)
                 rows.append({"planes": planes, "method": method, **result})
+                print(f"measured: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # partial results survive
             if {"ours", "monai"} <= {r["method"] for r in rows if r["planes"] == planes}:
                 rows[-1]["agree"] = agreement(folder / f"ours{planes}.tif", folder / f"monai{planes}.tif")
             volume.unlink()

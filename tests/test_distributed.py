@@ -74,3 +74,52 @@ def test_cli_cluster_local_two(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 of 2 blocks computed" in done.stdout
     assert zarr.open_group(str(scan / "labels")).attrs["ome"]["labels"] == ["deepseg"]
+
+
+def _device_seen_by_worker(gpus: int) -> str:
+    """Runs on a Dask worker: pretend it sees ``gpus`` CUDA devices and ask where ``auto`` goes."""
+    import torch
+
+    from engine.blockwise import _worker_device
+
+    torch.cuda.is_available = lambda: gpus > 0  # this worker process only; it is closed with the cluster
+    torch.cuda.device_count = lambda: gpus
+    return _worker_device("auto")
+
+
+def test_each_local_worker_is_pinned_to_its_own_gpu():
+    """With several GPUs, ``device=auto`` puts worker i on cuda:i (mod the count); one GPU or none: auto."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        assert len(workers) == 2
+
+        def seen(gpus: int) -> list[str]:
+            futures = [client.submit(_device_seen_by_worker, gpus, workers=[w], pure=False) for w in workers]
+            return sorted(client.gather(futures))
+
+        assert seen(2) == ["cuda:0", "cuda:1"]
+        assert seen(4) == ["cuda:0", "cuda:1"]
+        assert seen(1) == ["auto", "auto"]
+        assert seen(0) == ["auto", "auto"]
+
+
+def test_named_workers_get_a_stable_gpu(monkeypatch):
+    """Workers named by a job scheduler (strings) are spread over the GPUs by a stable hash of the name."""
+    import torch
+
+    from engine.blockwise import _worker_device
+
+    class Worker:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    chosen = {}
+    for name in ("SLURMCluster-0", "SLURMCluster-1", "SLURMCluster-2"):
+        monkeypatch.setattr(distributed, "get_worker", lambda n=name: Worker(n))
+        chosen[name] = _worker_device("auto")
+        assert chosen[name] == _worker_device("auto")  # same name, same GPU
+        assert chosen[name] in {f"cuda:{i}" for i in range(4)}
+    assert _worker_device("cpu") == "cpu" and _worker_device("cuda:3") == "cuda:3"
