@@ -98,7 +98,7 @@ def test_fewer_than_two_classes_is_an_error(classes):
 def test_defaults_follow_deepmib_and_nnunet():
     assert get_spec("unet2d").defaults() == dict(
         depth=3, filters=32, max_filters=512, filter_size=3, padding="same", activation="relu",
-        norm="batch", dropout=0.0, upsample="transpose",
+        norm="batch", dropout=0.0, upsample="transpose", stem="double",
     )
     assert get_spec("unet3d").defaults()["max_filters"] == 320
     assert get_spec("unet3d_aniso").defaults()["max_filters"] == 320

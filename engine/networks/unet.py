@@ -7,6 +7,11 @@ Layout (``depth`` = number of down-samplings, DeepMIB's encoder depth)::
     level depth-1 ... 0:  up-sample, concat skip, two conv  (decoders.<i>)
     head:                 1x1 convolution to class logits
 
+``stem="strided"`` makes the full-resolution level cheap (like MONAI's UNet): no convolutions before the
+first down-sampling, which is a strided convolution (kernel = stride = the pool factor) straight from the
+input; the skip at full resolution is the input itself and the top decoder has one convolution instead of
+two. About 3.5x fewer operations at full resolution, where a U-Net spends most of its time.
+
 Filters are ``filters * 2**level`` capped at ``max_filters``. Spatial axes are ``(Y, X)`` in 2D and
 ``(Z, Y, X)`` in 3D. Shape rules, per axis, with ``P`` = the product of the pool factors along it
 (``2**depth``; ``2**(depth-1)`` along Z for ``unet3d_aniso``):
@@ -40,6 +45,7 @@ from .layers import (
 from .registry import register_network
 
 UPSAMPLE_MODES = ("transpose", "linear")
+STEMS = ("double", "strided")
 
 
 def _check_int(value: Any, what: str, minimum: int) -> int:
@@ -85,6 +91,7 @@ class UpBlock(nn.Module):
         kernel: tuple[int, ...],
         scale: tuple[int, ...],
         upsample: str,
+        convs: int = 2,
         **kw: Any,
     ) -> None:
         super().__init__()
@@ -99,7 +106,8 @@ class UpBlock(nn.Module):
                 nn.Upsample(scale_factor=scale, mode=mode, align_corners=False),
                 conv_class(spatial_dims)(in_ch, out_ch, 1, bias=bias),
             )
-        self.conv = DoubleConv(skip_ch + out_ch, out_ch, spatial_dims, kernel, **kw)
+        self.conv: nn.Module = (DoubleConv(skip_ch + out_ch, out_ch, spatial_dims, kernel, **kw) if convs == 2
+                                else conv_norm_act(skip_ch + out_ch, out_ch, spatial_dims, kernel=kernel, **kw))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
@@ -130,6 +138,7 @@ class UNet(SegmentationNetwork):
         dropout: float,
         upsample: str,
         anisotropic: bool = False,
+        stem: str = "double",
     ) -> None:
         super().__init__()
         depth = _check_int(depth, "depth", 1)
@@ -145,6 +154,10 @@ class UNet(SegmentationNetwork):
             raise InputError(f"padding={padding!r}: expected 'same' or 'valid'")
         if upsample not in UPSAMPLE_MODES:
             raise InputError(f"upsample={upsample!r}: expected one of {UPSAMPLE_MODES}")
+        if stem not in STEMS:
+            raise InputError(f"stem={stem!r}: expected one of {STEMS}")
+        if stem == "strided" and padding == "valid":
+            raise InputError("stem='strided' works with padding='same' only; use stem='double' for valid padding")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout={dropout!r}: expected a number in [0, 1)")
         make_activation(activation)  # validate early: the error lists the accepted names
@@ -157,6 +170,7 @@ class UNet(SegmentationNetwork):
         self.depth = depth
         self.in_channels = in_channels
         self.classes = classes
+        self.stem = stem
         self._activation = str(activation)
 
         # Per-level geometry. Anisotropic: level 0 works in-plane only (Z voxels are ~2x larger).
@@ -174,14 +188,24 @@ class UNet(SegmentationNetwork):
             DoubleConv(in_channels if i == 0 else f[i - 1], f[i], n, self.kernels[i], **kw) for i in range(depth)
         )
         self.downsamplers = nn.ModuleList(max_pool_class(n)(p, stride=p) for p in self.pools)
+        skip_channels = list(f[:depth])
+        if stem == "strided":  # level 0: the input is the skip; a strided convolution goes down
+            self.encoders[0] = nn.Identity()
+            self.downsamplers[0] = self._strided_stem(in_channels, f[0], self.pools[0], norm, activation)
+            skip_channels[0] = in_channels
         self.bottleneck = DoubleConv(f[depth - 1], f[depth], n, self.kernels[depth], **kw)
         self.dropout = nn.Dropout(float(dropout)) if dropout > 0 else nn.Identity()
         self.decoders = nn.ModuleList(
-            UpBlock(f[i + 1], f[i], f[i], n, kernel=self.kernels[i], scale=self.pools[i], upsample=upsample, **kw)
+            UpBlock(f[i + 1], skip_channels[i], f[i], n, kernel=self.kernels[i], scale=self.pools[i],
+                    upsample=upsample, convs=1 if (stem == "strided" and i == 0) else 2, **kw)
             for i in range(depth)
         )
         self.head = conv_class(n)(f[0], classes, 1)
         self._init_weights()
+
+    def _strided_stem(self, in_ch: int, out_ch: int, pool: tuple[int, ...], norm: str, activation: str) -> nn.Module:
+        conv = conv_class(self.spatial_dims)(in_ch, out_ch, pool, stride=pool, bias=(str(norm).lower() == "none"))
+        return nn.Sequential(conv, make_norm(norm, out_ch, self.spatial_dims), make_activation(activation))
 
     # ----------------------------------------------------------------------------------------- init
     def _init_weights(self) -> None:
@@ -302,6 +326,7 @@ def unet2d(
     norm: str = "batch",
     dropout: float = 0.0,
     upsample: str = "transpose",
+    stem: str = "double",
 ) -> UNet:
     """2D U-Net. Same padding: H and W multiples of ``2**depth``."""
     return _unet(2, False, **locals())
@@ -325,6 +350,7 @@ def unet3d(
     norm: str = "batch",
     dropout: float = 0.0,
     upsample: str = "transpose",
+    stem: str = "double",
 ) -> UNet:
     """3D U-Net. Same padding: Z, Y and X multiples of ``2**depth``."""
     return _unet(3, False, **locals())
@@ -349,9 +375,10 @@ def unet3d_aniso(
     norm: str = "batch",
     dropout: float = 0.0,
     upsample: str = "transpose",
+    stem: str = "double",
 ) -> UNet:
     """Anisotropic 3D U-Net. Same padding: Z a multiple of ``2**(depth-1)``, Y and X of ``2**depth``."""
     return _unet(3, True, **locals())
 
 
-__all__ = ["UNet", "unet2d", "unet3d", "unet3d_aniso", "ACTIVATIONS", "NORMS", "UPSAMPLE_MODES"]
+__all__ = ["UNet", "unet2d", "unet3d", "unet3d_aniso", "ACTIVATIONS", "NORMS", "UPSAMPLE_MODES", "STEMS"]

@@ -1,0 +1,39 @@
+"""``deepseg plan``: print the training plan for some data on this machine, without training."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="choose network, patch and batch for the data and this machine (no training)",
+                       description="Measure this device, look at the images (voxel size, object sizes) and print "
+                       "the plan `deepseg train` uses when no network is given, with the estimated step time.")
+    p.add_argument("--images", required=True, help="training image(s): a file or a folder (or a DeepMIB folder)")
+    p.add_argument("--labels", help="label image(s): a file or a folder (object sizes come from them)")
+    p.add_argument("--axes", help="axes of image files that do not record them, e.g. ZYX")
+    p.add_argument("--device", default="auto", help="where to train: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--step-time", type=float, help="CPU target seconds per training step (default 0.25)")
+    p.add_argument("--batch", type=int, help="patches per step (default 4 in 2D, 2 in 3D)")
+    p.add_argument("--json", help="also write the plan as JSON to this file")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data import load_samples
+    from .errors import InputError
+    from .fileutil import atomic_path
+    from .plan import make_plan
+
+    if args.step_time is not None and args.step_time <= 0:
+        raise InputError(f"--step-time {args.step_time}: expected seconds > 0")
+    samples = load_samples(args.images, args.labels, axes=args.axes)
+    plan = make_plan(samples, device=args.device, step_seconds=args.step_time, batch=args.batch)
+    print(plan.summary())
+    if args.json:
+        import json
+
+        with atomic_path(Path(args.json)) as tmp:
+            Path(tmp).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    return 0

@@ -1,0 +1,140 @@
+"""Training plans: network from dimensionality and anisotropy, depth from object size, width/stem/patch from
+the measured device and a step-time target; the strided stem is a real, cheaper network option."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from engine.errors import InputError
+from engine.networks import build
+from engine.plan import (DeviceProfile, Fingerprint, Plan, fingerprint, load_plan, make_plan, receptive_field,
+                         step_flops)
+
+SLOW_CPU = DeviceProfile("cpu", 2, 5e9)
+FAST_CPU = DeviceProfile("cpu", 2, 1e15)
+
+
+def test_strided_stem_is_cheaper_and_keeps_the_output_shape():
+    for name, shape in (("unet2d", (1, 1, 64, 64)), ("unet3d", (1, 1, 16, 32, 32)), ("unet3d_aniso", (1, 1, 8, 32, 32))):
+        plain, strided = build(name, filters=8, stem="double"), build(name, filters=8, stem="strided")
+        x = torch.randn(shape)
+        assert strided(x).shape == plain(x).shape == (1, 2, *shape[2:])
+        assert isinstance(strided.encoders[0], torch.nn.Identity)
+        patch = shape[2:]
+        cheap = step_flops(name, {"filters": 8, "stem": "strided"}, patch, 1)
+        full = step_flops(name, {"filters": 8, "stem": "double"}, patch, 1)
+        assert cheap < 0.9 * full
+
+
+def test_strided_stem_refuses_valid_padding_and_unknown_stems():
+    with pytest.raises(InputError, match="stem='strided' works with padding='same'"):
+        build("unet2d", stem="strided", padding="valid")
+    with pytest.raises(InputError, match="stem='wide'"):
+        build("unet2d", stem="wide")
+
+
+def test_strided_stem_trains():
+    net = build("unet2d", filters=4, depth=2, stem="strided")
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    x = torch.randn(4, 1, 32, 32)
+    y = (x[:, 0] > 0).long()
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_receptive_field_formula_matches_the_measured_one():
+    from engine.networks.analysis import receptive_field as measured
+
+    for name, depth in (("unet2d", 2), ("unet3d_aniso", 2)):
+        net = build(name, filters=2, depth=depth)
+        size = (32, 64, 64) if name != "unet2d" else (64, 64)
+        assert tuple(measured(net, size)) == receptive_field(name, depth)
+
+
+@pytest.mark.parametrize("spacing,network", [((1.0, 1.0, 1.0), "unet3d"), ((2.5, 1.0, 1.0), "unet3d_aniso"),
+                                             ((6.0, 1.0, 1.0), "unet2d")])
+def test_network_follows_the_anisotropy(spacing, network):
+    plan = make_plan(Fingerprint(3, (64, 256, 256), spacing, 1, (10.0, 20.0, 20.0)), profile=FAST_CPU)
+    assert plan.network == network
+
+
+def test_depth_grows_with_the_objects():
+    small = make_plan(Fingerprint(2, (512, 512), (1.0, 1.0), 1, (10.0, 10.0)), profile=FAST_CPU)
+    large = make_plan(Fingerprint(2, (512, 512), (1.0, 1.0), 1, (150.0, 150.0)), profile=FAST_CPU)
+    assert small.network_options["depth"] < large.network_options["depth"]
+    assert all(r >= 2 * 150 for r in large.receptive_field)
+
+
+def test_slow_device_gets_a_cheaper_plan_within_the_target():
+    data = Fingerprint(2, (512, 512), (1.0, 1.0), 1, (30.0, 30.0))
+    fast, slow = make_plan(data, profile=FAST_CPU), make_plan(data, profile=SLOW_CPU)
+    assert fast.network_options["filters"] == 32 and fast.patch == (512, 512)
+    assert slow.step_flops < fast.step_flops
+    assert slow.step_seconds <= 0.25 + 1e-9
+    assert slow.step_seconds == pytest.approx(slow.step_flops / SLOW_CPU.flops_per_second)
+    tight = make_plan(data, profile=SLOW_CPU, step_seconds=0.05)
+    assert tight.step_flops < slow.step_flops
+
+
+def test_strided_stem_chosen_where_it_lets_the_width_fit():
+    data = Fingerprint(3, (64, 128, 128), (1.0, 1.0, 1.0), 1, (5.0, 5.0, 5.0))
+    probe = make_plan(data, profile=FAST_CPU)
+    need = (16, 128, 128)  # the wanted patch: 16 planes, 128 px in-plane
+    depth = probe.network_options["depth"]
+    plain = step_flops("unet3d", {"depth": depth, "filters": 32, "stem": "double"}, need, 2)
+    strided = step_flops("unet3d", {"depth": depth, "filters": 32, "stem": "strided"}, need, 2)
+    rate = (plain + strided) / 2 / 0.25  # the plain stem misses 0.25 s at the wanted patch, the strided one fits
+    plan = make_plan(data, profile=DeviceProfile("cpu", 2, rate))
+    assert plan.network_options == {"depth": depth, "filters": 32, "stem": "strided"}
+    assert any("strided stem" in r for r in plan.reasons)
+
+
+def test_fingerprint_reads_spacing_and_object_sizes():
+    from engine.data import Sample
+
+    labels = np.zeros((20, 64, 64), np.uint8)
+    labels[5:15, 10:30, 20:26] = 1
+    labels[2:4, 40:44, 40:44] = 1
+    image = np.zeros((1, 20, 64, 64), np.float32)
+    sample = Sample(image, labels, "a", {"pln": 2.0, "row": 0.5, "col": 0.5}, ("ch", "pln", "row", "col"))
+    data = fingerprint([sample])
+    assert data.spatial_dims == 3 and data.shape == (20, 64, 64)
+    assert data.spacing == (2.0, 0.5, 0.5) and data.anisotropy == 4.0
+    assert data.object_extent[0] == pytest.approx(2 + 0.9 * 8)  # 90th percentile of the two boxes (2 and 10)
+
+
+def test_plan_round_trips_through_json(tmp_path):
+    plan = make_plan(Fingerprint(2, (256, 256), (1.0, 1.0), 1, None), profile=FAST_CPU)
+    plan.save(tmp_path)
+    assert load_plan(tmp_path) == plan
+    assert json.loads((tmp_path / "plan.json").read_text())["network"] == "unet2d"
+    assert load_plan(tmp_path / "missing") is None
+
+
+def test_cli_plan_measures_this_machine(tmp_path, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((96, 96), np.uint8)
+    labels[20:40, 30:50] = 1
+    tifffile.imwrite(tmp_path / "img.tif", rng.normal(size=(96, 96)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    assert main(["plan", "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"),
+                 "--json", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "network        unet2d" in out and "estimated step" in out and "GFLOP/s" in out
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["step_seconds"] > 0 and math.prod(saved["patch"]) <= 96 * 96
+    assert main(["plan", "--images", str(tmp_path / "img.tif"), "--step-time", "0"]) == 2
