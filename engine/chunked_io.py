@@ -92,7 +92,7 @@ class Volume:
     unit: str | None
     name: str
     source: Path
-    kind: str  # "ome-zarr", "zarr" or "tiff"
+    kind: str  # "ome-zarr", "zarr", "hdf5" or "tiff" (any other file read_image reads)
     axes: str | None = None
     ngff: dict[str, Any] | None = None
 
@@ -115,7 +115,12 @@ def open_volume(path: str | Path, axes: str | None = None) -> Volume:
     ``axes`` (letters such as ``"ZYX"``) names the dims of a zarr array without axis metadata, or
     overrides a TIFF's. An unfinished deepseg output raises :class:`InputError` (never read as complete).
     """
+    from .readers import HDF5_SUFFIXES, split_dataset_path
+
     path = Path(path)
+    file, dataset = split_dataset_path(path)
+    if dataset is not None or path.suffix.lower() in HDF5_SUFFIXES:
+        return _hdf5_volume(file, dataset, path, axes)
     if not path.exists():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
     if not is_zarr_path(path):
@@ -135,6 +140,26 @@ def open_volume(path: str | Path, axes: str | None = None) -> Volume:
         raise InputError(f"zarr group {str(path)!r} is not an OME-Zarr image (no multiscales metadata); give one "
                          f"of its arrays, e.g. {str(path / arrays[0]) if arrays else str(path) + '/ARRAY'!r}")
     return _ngff_volume(node, meta, path)
+
+
+def _hdf5_volume(file: Path, dataset: str | None, path: Path, axes: str | None) -> Volume:
+    """An HDF5 dataset read lazily through h5py (the file stays open while the volume is used)."""
+    from .readers import read_hdf5
+
+    if not file.exists():
+        raise FileNotFoundError(f"image {str(file)!r} does not exist")
+    raw = read_hdf5(file, dataset, lazy=True)
+    if axes is not None and len(axes) != raw.data.ndim:
+        raise InputError(f"axes {axes!r} has {len(axes)} letters but {str(path)!r} has {raw.data.ndim} dimensions "
+                         f"{raw.data.shape}; give one letter of T, Z, C, Y, X per dimension")
+    if axes is None and "?" in raw.axes:
+        raise InputError(f"cannot name the axes of {str(path)!r} (shape {raw.data.shape}, {raw.kind}); pass axes= "
+                         "with one letter of T, Z, C, Y, X per dimension, e.g. axes='ZCYX'")
+    dims = dims_from_axes(axes or raw.axes)
+    spatial = tuple(d for d in SPATIAL if d in dims)
+    spacing = {d: v for d, v in raw.spacing.items() if d in spatial}
+    return Volume(ChannelFirst(raw.data, dims), spatial, spacing, raw.unit if spacing else None,
+                  raw.data.name.rsplit("/", 1)[-1] if dataset else file.stem, path, "hdf5", axes)
 
 
 def read_zarr(path: str | Path, axes: str | None = None) -> xr.DataArray:

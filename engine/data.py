@@ -386,7 +386,9 @@ def _stored_bytes(path: Path, axes: str | None) -> int:
     """Pixel bytes of a zarr array (from its metadata), else the size of the file(s) on disk."""
     from .chunked_io import is_zarr_path, open_volume
 
-    if is_zarr_path(path):
+    from .readers import split_dataset_path
+
+    if is_zarr_path(path) or split_dataset_path(path)[1] is not None:  # zarr, or an HDF5 dataset path
         pixels = open_volume(path, axes).pixels
         return int(np.prod(pixels.shape)) * pixels.dtype.itemsize
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -6,7 +6,8 @@ Reading
     come back in deepseg's canonical order ``(t, pln, ch, row, col)`` (ImageJ's TZCYX), with
     ``attrs["spacing"]`` / ``attrs["unit"]`` when the file is calibrated, ``attrs["source"]`` (the
     path) and ``attrs["axes_source"]`` (where the axes came from). Micrometres always read back as
-    ``"µm"`` (ImageJ writes ``micron``).
+    ``"µm"`` (ImageJ writes ``micron``). DICOM series, NRRD, MRC and HDF5 go through
+    :mod:`engine.readers` (optional extra ``formats``) and come back the same way.
 
 Writing
     ``.tif`` / ``.tiff``: ImageJ hyperstack that Fiji opens with its calibration (uint8, uint16,
@@ -38,11 +39,13 @@ from .arrays import fit_dtype, label_array, whole_labels
 from .axes import DIMS, as_image, axes_from_dims, dims_from_axes, spatial_dims
 from .errors import InputError
 from .fileutil import atomic_path, full_suffix
+from .readers import FORMAT_SUFFIXES
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-READ_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
-READABLE = "TIFF (.tif/.tiff: ImageJ, OME or plain), PNG, JPEG, BMP, or a folder of 2D slices"
+READ_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES + FORMAT_SUFFIXES
+READABLE = ("TIFF (.tif/.tiff: ImageJ, OME or plain), PNG, JPEG, BMP, a folder of 2D slices, DICOM (a series "
+            "folder or .dcm), NRRD (.nrrd/.nhdr), MRC (.mrc/.mrcs/.map/.rec) or HDF5 (.h5/.hdf5, file.h5:/dataset)")
 WRITABLE = ".tif/.tiff (ImageJ hyperstack), .ome.tif/.ome.tiff (OME-TIFF) or .png"
 
 # tifffile's axis letters -> deepseg dims. 'I' / 'Q' are tifffile's names for "a sequence of
@@ -64,7 +67,8 @@ def read_image(path: str | Path, axes: str | None = None, *, mmap: bool = False)
     Parameters
     ----------
     path : str or Path
-        A TIFF, PNG, JPEG or BMP file, or a folder of 2D slices (stacked along ``pln``).
+        A TIFF, PNG, JPEG or BMP file, or a folder of 2D slices (stacked along ``pln``); a DICOM
+        series folder or .dcm file, NRRD, MRC or HDF5 (``file.h5:/dataset``): see :mod:`engine.readers`.
     axes : str, optional
         Override the file's axes, one letter of T, Z, C, Y, X per dimension stored in the file
         (e.g. ``"CYX"`` for a plain 3-page TIFF that holds channels). For a folder, the axes of
@@ -85,10 +89,14 @@ def read_image(path: str | Path, axes: str | None = None, *, mmap: bool = False)
     InputError
         The file is not a readable image, or ``axes`` does not fit it.
     """
+    from .readers import handles
+
     path = Path(path)
-    if not path.exists():
+    if handles(path):  # DICOM, NRRD, MRC, HDF5 (engine.readers)
+        image = _read_format(path, axes, mmap=mmap)
+    elif not path.exists():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    if path.is_dir():
+    elif path.is_dir():
         image = _read_folder(path, axes, mmap=mmap)
     else:
         image = _read_file(path, axes, mmap=mmap)
@@ -168,6 +176,16 @@ def _read_file(path: Path, axes: str | None, *, mmap: bool) -> xr.DataArray:
             f"{str(path)!r} could not be read as an image ({type(err).__name__}: {err}); "
             f"supported formats: {READABLE}"
         ) from err
+
+
+def _read_format(path: Path, axes: str | None, *, mmap: bool) -> xr.DataArray:
+    """DICOM, NRRD, MRC or HDF5 (:mod:`engine.readers`), named and calibrated like a TIFF."""
+    from .readers import read_format
+
+    raw = read_format(path, mmap=mmap)
+    if mmap and not raw.mapped:
+        _warn_not_mapped(path, f"{raw.kind.split()[0]} files are read whole (only TIFF and MRC are memory-mapped)")
+    return _named(raw.data, raw.axes, axes, raw.kind, path, raw.spacing, _normalise_unit(raw.unit))
 
 
 def _read_tiff(path: Path, axes: str | None, *, mmap: bool) -> xr.DataArray:

@@ -1,4 +1,5 @@
-"""Segmentation metrics from a confusion matrix: accuracy, precision, IoU (Jaccard) and Dice (F1).
+"""Segmentation metrics from a confusion matrix: accuracy, precision, IoU (Jaccard) and Dice (F1),
+plus per-class boundary metrics (BF score, HD95, ASSD) from :mod:`engine.surface_metrics`.
 
 :func:`confusion_matrix` counts (truth, prediction) pairs chunk by chunk along the first axis, so
 memory stays bounded even for memory-mapped CT volumes. :class:`Report` derives every metric from
@@ -27,6 +28,7 @@ import xarray as xr
 from .errors import InputError
 from .fileutil import atomic_path
 from .progress import Progress, ProgressCallback, report
+from .surface_metrics import SurfaceScores, json_number
 
 ArrayLike = np.ndarray | xr.DataArray
 DEFAULT_CHUNK_VOXELS = 1 << 22
@@ -160,10 +162,13 @@ class Report:
         ``(K, K)`` int64 voxel counts.
     class_names : tuple of str
         One name per class.
+    surface : SurfaceScores, optional
+        Per-class BF score, HD95 and ASSD (:mod:`engine.surface_metrics`); ``None``: not measured.
     """
 
     confusion: np.ndarray
     class_names: tuple[str, ...]
+    surface: SurfaceScores | None = None
 
     def __post_init__(self) -> None:
         matrix = np.asarray(self.confusion, dtype=np.int64)
@@ -174,11 +179,14 @@ class Report:
             raise InputError(f"{len(names)} class names for {matrix.shape[0]} classes: expected one name per class")
         object.__setattr__(self, "confusion", matrix)
         object.__setattr__(self, "class_names", names)
+        if self.surface is not None and self.surface.classes != len(names):
+            raise InputError(f"surface metrics of {self.surface.classes} classes for {len(names)} classes")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Report):
             return NotImplemented
-        return self.class_names == other.class_names and np.array_equal(self.confusion, other.confusion)
+        return (self.class_names == other.class_names and np.array_equal(self.confusion, other.confusion)
+                and self.surface == other.surface)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -275,6 +283,7 @@ class Report:
             "frequency_weighted_iou": self.frequency_weighted_iou,
             "mean_dice": self.mean_dice,
             "mean_foreground_dice": self.mean_foreground_dice,
+            **(self.surface.summary_values() if self.surface is not None else {}),
         }
 
     # ---- export
@@ -290,20 +299,23 @@ class Report:
                 "precision": _nullable(self.precision[k]),
                 "iou": _nullable(self.iou[k]),
                 "dice": _nullable(self.dice[k]),
+                **({key: json_number(v) for key, v in self.surface.per_class(k).items()} if self.surface else {}),
             }
         return {
             "class_names": list(self.class_names),
             "voxels": self.total,
-            **{key: _nullable(value) for key, value in self.summary_values().items()},
+            **{key: json_number(value) for key, value in self.summary_values().items()},
             "per_class": per_class,
             "confusion_matrix": self.confusion.tolist(),
+            **({"surface": self.surface.as_dict()} if self.surface is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Report":
         """Rebuild a report from :meth:`as_dict` output (only the matrix and names are needed)."""
         try:
-            return cls(np.asarray(data["confusion_matrix"], dtype=np.int64), tuple(data["class_names"]))
+            surface = SurfaceScores.from_dict(data["surface"]) if data.get("surface") else None
+            return cls(np.asarray(data["confusion_matrix"], dtype=np.int64), tuple(data["class_names"]), surface)
         except KeyError as err:
             raise InputError(f"report dict lacks {err.args[0]!r}; expected the output of Report.as_dict()") from None
 
@@ -318,19 +330,26 @@ class Report:
     def to_csv(self, path: str | Path) -> Path:
         """Write one row per class, then ``mean``, ``mean_foreground`` and ``overall`` rows (atomic).
 
-        ``overall`` holds the global accuracy and the frequency-weighted IoU. Empty cells are NaN.
+        ``overall`` holds the global accuracy and the frequency-weighted IoU. Empty cells are NaN. With
+        surface metrics, columns ``bf_score``, ``hd95`` and ``assd`` follow (``inf``: class in one image only).
         """
         path = Path(path)
         header = ["class", "index", "voxels_truth", "voxels_predicted", "accuracy", "precision", "iou", "dice"]
+        surface = self.surface
+        extra = [surface.bf_score, surface.hd95, surface.assd] if surface is not None else []
+        header += ["bf_score", "hd95", "assd"] if extra else []
         rows: list[list[Any]] = []
         for k, name in enumerate(self.class_names):
             rows.append([name, k, int(self.voxels_truth[k]), int(self.voxels_predicted[k]),
-                         self.accuracy[k], self.precision[k], self.iou[k], self.dice[k]])
+                         self.accuracy[k], self.precision[k], self.iou[k], self.dice[k], *[e[k] for e in extra]])
         fg = slice(1, None)
-        rows.append(["mean", "", self.total, self.total, self.mean_accuracy, self.mean_precision, self.mean_iou, self.mean_dice])
+        rows.append(["mean", "", self.total, self.total, self.mean_accuracy, self.mean_precision, self.mean_iou,
+                     self.mean_dice, *[_mean(e) for e in extra]])
         rows.append(["mean_foreground", "", int(self.voxels_truth[fg].sum()), int(self.voxels_predicted[fg].sum()),
-                     _mean(self.accuracy[fg]), _mean(self.precision[fg]), _mean(self.iou[fg]), self.mean_foreground_dice])
-        rows.append(["overall", "", self.total, self.total, self.global_accuracy, None, self.frequency_weighted_iou, None])
+                     _mean(self.accuracy[fg]), _mean(self.precision[fg]), _mean(self.iou[fg]),
+                     self.mean_foreground_dice, *[_mean(e[fg]) for e in extra]])
+        rows.append(["overall", "", self.total, self.total, self.global_accuracy, None, self.frequency_weighted_iou,
+                     None, *[None for _ in extra]])
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
@@ -341,20 +360,27 @@ class Report:
     def summary(self) -> str:
         """A readable table of per-class values and the summary metrics."""
         width = max([5] + [len(n) for n in self.class_names])
+        surface = self.surface
         head = f"{'class':<{width}}  {'truth':>12}  {'predicted':>12}  {'accuracy':>8}  {'precision':>9}  {'IoU':>6}  {'Dice':>6}"
+        head += f"  {'BF':>6}  {'HD95':>9}  {'ASSD':>9}" if surface is not None else ""
         lines = [head, "-" * len(head)]
         for k, name in enumerate(self.class_names):
             lines.append(
                 f"{name:<{width}}  {self.voxels_truth[k]:>12}  {self.voxels_predicted[k]:>12}  "
                 f"{_fmt(self.accuracy[k]):>8}  {_fmt(self.precision[k]):>9}  {_fmt(self.iou[k]):>6}  {_fmt(self.dice[k]):>6}"
+                + (f"  {_fmt(surface.bf_score[k]):>6}  {_fmt(surface.hd95[k]):>9}  {_fmt(surface.assd[k]):>9}"
+                   if surface is not None else "")
             )
         lines.append("")
         labels = {
             "global_accuracy": "global accuracy", "mean_accuracy": "mean accuracy", "mean_precision": "mean precision",
             "mean_iou": "mean IoU", "frequency_weighted_iou": "frequency-weighted IoU", "mean_dice": "mean Dice",
-            "mean_foreground_dice": "mean foreground Dice",
+            "mean_foreground_dice": "mean foreground Dice", "mean_bf_score": "mean BF score",
+            "mean_foreground_hd95": "mean foreground HD95", "mean_foreground_assd": "mean foreground ASSD",
         }
         lines += [f"{labels[key]:<23} {_fmt(value)}" for key, value in self.summary_values().items()]
+        if surface is not None:
+            lines.append(_surface_note(surface))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -369,7 +395,20 @@ class Report:
 
 
 def _fmt(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+    return "n/a" if value is None or math.isnan(value) else "inf" if math.isinf(value) else f"{value:.4f}"
+
+
+def _unit(surface: SurfaceScores) -> str:
+    """The unit of the distances: the files' unit, else voxels (spacing 1) or "units" (a spacing was given)."""
+    return surface.unit or ("voxels" if surface.spacing is not None and set(surface.spacing) == {1.0} else "units")
+
+
+def _surface_note(surface: SurfaceScores) -> str:
+    """One line: the unit of HD95/ASSD and the BF tolerance."""
+    unit = _unit(surface)
+    spacing = "per image" if surface.spacing is None else " x ".join(f"{s:g}" for s in surface.spacing)
+    tolerance = "per image" if surface.tolerance is None else f"{surface.tolerance:.4g} {unit}"
+    return f"HD95 and ASSD in {unit} (voxel size {spacing}); BF tolerance {tolerance}"
 
 
 def _cell(value: Any) -> Any:
@@ -389,6 +428,9 @@ def evaluate(
     mask: ArrayLike | str | Path | None = None,
     class_names: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    surface: bool = True,
+    spacing: float | Sequence[float] | None = None,
+    tolerance: float | str | None = None,
 ) -> Report:
     """Compare a predicted label image with the truth.
 
@@ -405,11 +447,23 @@ def evaluate(
         Only voxels where it is non-zero are counted.
     class_names : sequence of str, optional
         Defaults to ``"class 0"``, ``"class 1"``, ...
+    surface : bool
+        Also measure the BF score, HD95 and ASSD per class (:mod:`engine.surface_metrics`; holds
+        the whole label images and a float per voxel of each class's bounding box in memory).
+    spacing : number or sequence, optional
+        Voxel size per axis (truth's axis order); default: the files' calibration, else 1.
+    tolerance : number or str, optional
+        BF tolerance: a distance in the spacing's unit, ``"3px"`` or ``"0.75%"`` of the image
+        diagonal (the default).
 
     Returns
     -------
     Report
     """
+    if surface:  # a bad tolerance fails before the counting
+        from .surface_metrics import parse_tolerance
+
+        parse_tolerance(tolerance)
     pred, true, keep = _read(prediction, labels=True), _read(truth, labels=True), _read(mask, labels=False)
     if classes is None and class_names is not None:
         classes = len(class_names)
@@ -419,7 +473,20 @@ def evaluate(
     if len(names) != classes:
         raise InputError(f"{len(names)} class names {list(names)} for {classes} classes: expected one per class")
     matrix = confusion_matrix(pred, true, classes, ignore_label=ignore_label, mask=keep, progress=progress)
-    return Report(matrix, names)
+    scores = None
+    if surface:
+        scores = _surface_scores(pred, true, keep, classes, ignore_label=ignore_label, spacing=spacing,
+                                 tolerance=tolerance, progress=progress)
+    return Report(matrix, names, scores)
+
+
+def _surface_scores(pred: Any, true: Any, keep: Any, classes: int, *, spacing: Any, **options: Any) -> SurfaceScores:
+    """:func:`engine.surface_metrics.surface_scores` with the voxel size of the files (or ``spacing``)."""
+    from .surface_metrics import surface_scores, voxel_size
+
+    size, unit = voxel_size(pred, true, spacing)
+    pred, true, keep = _aligned(pred, true, keep)
+    return surface_scores(pred, true, classes, spacing=size, unit=unit, mask=keep, **options)
 
 
 @dataclass
@@ -436,13 +503,20 @@ class FolderReport:
     def summary(self) -> str:
         """A text table: one line per image and ``all``, with the foreground Dice, mean IoU and accuracy."""
         width = max(len(name) for name, _ in [*self.images, ("all", None)])
-        lines = [f"{'image':<{width}}  {'foreground Dice':>15}  {'mean IoU':>8}  {'accuracy':>8}"]
+        surface = self.total.surface
+        lines = [f"{'image':<{width}}  {'foreground Dice':>15}  {'mean IoU':>8}  {'accuracy':>8}"
+                 + (f"  {'mean BF':>8}  {'fg HD95':>9}  {'fg ASSD':>9}  ({_unit(surface)})" if surface else "")]
         for name, scores in [*self.images, ("all", self.total)]:
-            lines.append(f"{name:<{width}}  {_fmt(scores.mean_foreground_dice):>15}  {_fmt(scores.mean_iou):>8}  "
-                         f"{_fmt(scores.global_accuracy):>8}")
+            line = (f"{name:<{width}}  {_fmt(scores.mean_foreground_dice):>15}  {_fmt(scores.mean_iou):>8}  "
+                    f"{_fmt(scores.global_accuracy):>8}")
+            if scores.surface is not None:
+                bf, hd95, assd = scores.surface.summary_values().values()
+                line += f"  {_fmt(bf):>8}  {_fmt(hd95):>9}  {_fmt(assd):>9}"
+            lines.append(line)
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
+        """``images``: every image's :meth:`Report.as_dict`; ``all``: the total (surface metrics: image means)."""
         return {"images": {name: report.as_dict() for name, report in self.images}, "all": self.total.as_dict()}
 
     def to_json(self, path: str | Path) -> Path:
@@ -462,13 +536,17 @@ class FolderReport:
 
 
 def metrics_row(name: str, report: Report) -> dict[str, Any]:
-    """``{"image": name, <summary values>, "dice_<class>": ..., "iou_<class>": ...}`` (spaces in class names: _)."""
+    """``{"image": name, <summary values>, "dice_<class>": ..., "iou_<class>": ...}`` (spaces in class names: _),
+    then ``bf_<class>``, ``hd95_<class>`` and ``assd_<class>`` with surface metrics."""
     row: dict[str, Any] = {"image": name}
     row.update({k: float(v) for k, v in report.summary_values().items()})
-    for class_name, dice, iou in zip(report.class_names, report.dice, report.iou):
+    for k, (class_name, dice, iou) in enumerate(zip(report.class_names, report.dice, report.iou)):
         column = "_".join(str(class_name).split())
         row[f"dice_{column}"] = float(dice)
         row[f"iou_{column}"] = float(iou)
+        if report.surface is not None:
+            row.update({f"{key}_{column}": float(getattr(report.surface, field)[k])
+                        for key, field in (("bf", "bf_score"), ("hd95", "hd95"), ("assd", "assd"))})
     return row
 
 
@@ -496,20 +574,26 @@ def evaluate_folders(
     ignore_label: int | None = None,
     class_names: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    surface: bool = True,
+    spacing: float | Sequence[float] | None = None,
+    tolerance: float | str | None = None,
 ) -> FolderReport:
     """Evaluate every predicted label file against its namesake in ``truth_dir`` (see :func:`file_pairs`).
 
     Every image counts the same classes: ``classes``, else ``len(class_names)``, else the largest label
-    of any image + 1. Files without a namesake are left out. Options as in :func:`evaluate`.
+    of any image + 1. Files without a namesake are left out. Options as in :func:`evaluate`; the
+    total's surface metrics are the per-class means over the images (NaN left out, inf kept).
     """
     pairs = file_pairs(prediction_dir, truth_dir)
     if classes is None and class_names is None:  # the most any image has
         classes = max(max(2, _largest(_read(pred, labels=True), None) + 1,
                           _largest(_read(true, labels=True), ignore_label) + 1) for pred, true in pairs)
     reports = [(pred.name, evaluate(pred, true, classes=classes, ignore_label=ignore_label, class_names=class_names,
-                                    progress=progress)) for pred, true in pairs]
+                                    progress=progress, surface=surface, spacing=spacing, tolerance=tolerance))
+               for pred, true in pairs]
     total = Report(sum((r.confusion for _, r in reports), np.zeros_like(reports[0][1].confusion)),
-                   reports[0][1].class_names)
+                   reports[0][1].class_names,
+                   SurfaceScores.average([r.surface for _, r in reports]) if surface else None)
     return FolderReport(reports, total)
 
 
