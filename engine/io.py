@@ -197,10 +197,24 @@ def _read_tiff(path: Path, axes: str | None, *, mmap: bool) -> xr.DataArray:
         file_axes = tif.series[0].axes
         kind = "ImageJ" if tif.is_imagej else "OME" if tif.is_ome else "TIFF"
         spacing, unit = _tiff_calibration(tif)
+        names = _class_names_property(tif)
         data = _memmap_tiff(path) if mmap else None
         if data is None:
             data = tif.series[0].asarray()
-    return _named(data, file_axes, axes, kind, path, spacing, unit)
+    image = _named(data, file_axes, axes, kind, path, spacing, unit)
+    if names:
+        image.attrs["class_names"] = names
+    return image
+
+
+CLASS_NAMES_PROPERTY = "deepseg.class_names"  # an ImageJ image property of label TIFFs (imp.getProp in Fiji)
+
+
+def _class_names_property(tif: Any) -> list[str] | None:
+    """Class names stored in a label TIFF's ImageJ properties by deepseg (comma-separated), if any."""
+    properties = (tif.imagej_metadata or {}).get("Properties") if tif.is_imagej else None
+    text = properties.get(CLASS_NAMES_PROPERTY) if isinstance(properties, dict) else None
+    return [n.strip() for n in str(text).split(",")] if text else None
 
 
 def _memmap_tiff(path: Path) -> np.ndarray | None:
@@ -466,7 +480,7 @@ class TiffPlaneWriter:
 
     def __init__(self, path: str | Path, dims: Sequence[str], shape: Sequence[int], dtype: Any = np.float32, *,
                  spacing: Mapping[str, float] | None = None, unit: str | None = None,
-                 lut: np.ndarray | None = None) -> None:
+                 lut: np.ndarray | None = None, class_names: Sequence[str] | None = None) -> None:
         import tifffile
 
         sizes = dict(zip(dims, (int(n) for n in shape)))
@@ -474,7 +488,8 @@ class TiffPlaneWriter:
         self.shape = tuple(sizes[d] for d in self.dims)
         self.dtype = np.dtype(dtype)
         spacing = {d: float(v) for d, v in (spacing or {}).items() if d in sizes}
-        template = xr.DataArray(np.empty((0,) * len(self.dims), self.dtype), dims=self.dims)
+        template = xr.DataArray(np.empty((0,) * len(self.dims), self.dtype), dims=self.dims,
+                                attrs={"class_names": list(class_names)} if class_names else {})
         options = _imagej_options(axes_from_dims(self.dims), spacing, unit,
                                   None if lut is None else _as_lut(lut), template.data, template)
         with warnings.catch_warnings():
@@ -516,8 +531,13 @@ def write_labels(
     spacing: Mapping[str, float] | None = None,
     unit: str | None = None,
     compression: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Write a label image as uint8 (max <= 255) or uint16 with a glasbey-like LUT for Fiji.
+
+    ``class_names`` (or ``labels.attrs["class_names"]``) are stored in an ImageJ TIFF as the image property
+    ``deepseg.class_names``; :func:`read_labels` gives them back in ``attrs["class_names"]``, so later
+    commands (``deepseg mesh --class bone``) can name classes.
 
     Parameters
     ----------
@@ -552,6 +572,8 @@ def write_labels(
         attrs["spacing"] = {k: float(v) for k, v in spacing.items()}
     if unit is not None:
         attrs["unit"] = unit
+    if class_names is not None:
+        attrs["class_names"] = list(class_names)
     values = label_array(image.data, f"labels for {str(path)!r}")
     out = xr.DataArray(values, dims=image.dims, attrs=attrs, name=image.name)
     fmt = _write_format(Path(path))
@@ -652,6 +674,8 @@ def _imagej_options(
         metadata["spacing"] = spacing["pln"]
     if unit:
         metadata["unit"] = _imagej_unit(unit)
+    if image.attrs.get("class_names"):  # label images: Fiji shows them as image properties
+        metadata["Properties"] = {CLASS_NAMES_PROPERTY: ",".join(map(str, image.attrs["class_names"]))}
     if lut is not None:
         if data.dtype == np.int16:
             raise InputError("a LUT needs uint8, uint16 or float32 pixels in ImageJ TIFF, not int16")

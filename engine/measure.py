@@ -261,6 +261,7 @@ def measure_file(labels_path: str | Path, cls: str | int, *, csv_path: str | Pat
     refuse_overwriting({"the CSV table": csv_path, "the instance labels": instances_path},
                        {"the label image": labels_path})
     labels = with_spacing(read_labels(labels_path, axes, mmap=True), spacing)
+    class_names = class_names or labels.attrs.get("class_names")  # stored by deepseg predict
     objects, rows = measure_labels(labels, cls, class_names=class_names, connectivity=connectivity)
     if csv_path is not None:
         write_csv(rows, csv_path)

@@ -207,6 +207,7 @@ def mesh_file(labels_path: str | Path, classes: Sequence[str | int], out: str | 
     mesh_format(out)
     refuse_overwriting({"--out": out}, {"the label image": labels_path})
     labels = with_spacing(read_labels(labels_path, axes, mmap=True), spacing)
+    class_names = class_names or labels.attrs.get("class_names")  # stored by deepseg predict
     several = per_object or len(classes) > 1
     written = []
     for surface in mesh_labels(labels, classes, class_names=class_names, per_object=per_object, smooth=smooth,

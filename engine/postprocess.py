@@ -500,6 +500,10 @@ def postprocess_file(
     if not is_zarr_path(labels_path) and _has_time(labels_path, axes):
         return _postprocess_series(labels_path, out_path, pipeline, axes, spacing, unit, class_names, progress)
     volume = _open_labels(labels_path, axes, spacing, unit)
+    if class_names is None and volume.kind == "tiff":  # names stored in the label TIFF by deepseg predict
+        from .io import read_labels
+
+        class_names = read_labels(labels_path, axes, mmap=True).attrs.get("class_names")
     grid = _grid(volume.dims, volume.spacing, volume.unit, class_names)
     shape = volume.spatial_shape
     if chunks is None and math.prod(shape) > _IN_MEMORY_VOXELS:
@@ -513,7 +517,7 @@ def postprocess_file(
                      tuple(chunks) if chunks is not None else None, scratch, progress=progress)
         work.present = _copy_in(volume, work)
         _run(work, pipeline, grid)
-        counts = _write(work, volume, out_path)
+        counts = _write(work, volume, out_path, class_names)
     names = grid.class_names or []
     return {"labels": str(out_path), "input": str(labels_path), "shape": list(shape), "dims": list(volume.dims),
             "steps": str(pipeline), "chunks": list(chunks) if chunks is not None else None,
@@ -577,7 +581,7 @@ def _copy_in(volume: Any, work: _Work) -> list[int]:
     return sorted(present)
 
 
-def _write(work: _Work, volume: Any, out_path: Path) -> np.ndarray:
+def _write(work: _Work, volume: Any, out_path: Path, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Write ``work.current`` to a TIFF or zarr output atomically; returns the voxel count per label value."""
     counts = np.zeros(1, np.int64)
     high = max(work.present, default=0)
@@ -590,7 +594,8 @@ def _write(work: _Work, volume: Any, out_path: Path) -> np.ndarray:
         dtype = np.uint8 if high <= 255 else np.uint16
         slab = work.chunks[0] if work.chunks else work.shape[0]
         with atomic_path(out_path) as tmp, TiffPlaneWriter(tmp, volume.dims, work.shape, dtype, spacing=volume.spacing,
-                                                           unit=volume.unit, lut=glasbey_lut()) as writer:
+                                                           unit=volume.unit, lut=glasbey_lut(),
+                                                           class_names=class_names) as writer:
             for start in range(0, work.shape[0], slab):
                 values = np.asarray(work.current[start:start + slab])
                 counts = _add_counts(counts, values)

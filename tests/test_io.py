@@ -376,3 +376,17 @@ def test_imagej_reads_calibration_and_lut(tmp_path):
     channels, slices, width, depth, unit = out[0].split()
     assert (int(channels), int(slices), float(width), float(depth)) == (3, 2, 0.3, 0.7) and unit in ("micron", "µm")
     assert [int(v) for v in out[1].split()] == [*glasbey_lut()[:, 1].tolist(), 16]
+
+
+def test_label_tiff_keeps_class_names_as_an_imagej_property(tmp_path):
+    import tifffile
+
+    from engine.io import read_labels, write_labels
+
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    write_labels(tmp_path / "named.tif", labels, axes="YX", class_names=["background", "cell", "membrane"])
+    write_labels(tmp_path / "plain.tif", labels, axes="YX")
+    assert read_labels(tmp_path / "named.tif").attrs["class_names"] == ["background", "cell", "membrane"]
+    assert "class_names" not in read_labels(tmp_path / "plain.tif").attrs
+    with tifffile.TiffFile(tmp_path / "named.tif") as tif:  # what Fiji shows under Image > Show Info
+        assert tif.imagej_metadata["Properties"] == {"deepseg.class_names": "background,cell,membrane"}

@@ -180,3 +180,28 @@ def test_head_ct_bone_mesh_after_a_short_training(tmp_path):
     assert info["watertight"] and mesh.is_watertight
     assert info["voxel_volume"] == pytest.approx(info["voxels"] * 1.5 * 0.957 * 0.957)
     assert mesh.volume == pytest.approx(info["voxel_volume"], rel=0.03)
+
+
+def test_class_names_travel_from_predict_to_mesh(tmp_path, capsys):
+    """`deepseg predict` stores the model's class names in the label TIFF, so `mesh --class <name>` needs no
+    --class-names; a label file written with names by the Python API works the same."""
+    from engine.io import write_image
+    from engine.training import train
+
+    rng = np.random.default_rng(4)
+    volume = np.zeros((12, 32, 32), np.uint8)
+    volume[3:9, 8:24, 8:24] = 1
+    image = (volume * 100 + rng.normal(0, 5, volume.shape)).astype(np.float32)
+    model = tmp_path / "model"
+    train(images=[image], labels=[volume], axes="ZYX", out=str(model), network="unet2d",
+          network_options={"depth": 2, "filters": 4}, patch=32, epochs=1, batch=2, steps_per_epoch=2,
+          class_names=["background", "bone"], validation_fraction=0.0)
+    write_image(tmp_path / "scan.tif", image, axes="ZYX")
+    assert main(["predict", str(model), str(tmp_path / "scan.tif"), "--out", str(tmp_path / "labels.tif"),
+                 "--quiet"]) == 0
+    assert read_labels(tmp_path / "labels.tif").attrs["class_names"] == ["background", "bone"]
+    write_labels(tmp_path / "truth.tif", volume, axes="ZYX", class_names=["background", "bone"])
+    assert main(["mesh", str(tmp_path / "truth.tif"), "--class", "bone", "--out", str(tmp_path / "bone.stl")]) == 0
+    assert (tmp_path / "bone.stl").stat().st_size > 0
+    assert main(["mesh", str(tmp_path / "truth.tif"), "--class", "skin", "--out", str(tmp_path / "x.stl")]) == 2
+    assert "skin" in capsys.readouterr().err
