@@ -90,12 +90,11 @@ class SegmentationLoss(nn.Module):
         valid, _, onehot = _valid_and_onehot(logits, target, self.ignore_index)
         probs = F.softmax(logits.float(), dim=1) * valid.unsqueeze(1)
         dims = (0,) + tuple(range(2, logits.ndim))
-        intersect = (probs * onehot).sum(dims)
-        denominator = probs.sum(dims) + onehot.sum(dims)
+        intersect, prob_sum, counts = _batch_sums(torch.stack([(probs * onehot).sum(dims), probs.sum(dims),
+                                                               onehot.sum(dims)]))
         first = 1 if self.exclude_background else 0
-        intersect, denominator = intersect[first:], denominator[first:]
+        intersect, denominator, counts = intersect[first:], (prob_sum + counts)[first:], counts[first:]
         if generalized:
-            counts = onehot.sum(dims)[first:]
             w = 1.0 / counts.clamp(min=1.0) ** 2
             w = torch.where(counts > 0, w, torch.zeros_like(w))
             return 1.0 - (2 * (w * intersect).sum() + self.smooth) / ((w * denominator).sum() + self.smooth)
@@ -104,6 +103,19 @@ class SegmentationLoss(nn.Module):
             w = self.weights[first:]
             return 1.0 - (w * per_class).sum() / w.sum()
         return 1.0 - per_class.mean()
+
+
+def _batch_sums(sums: torch.Tensor) -> torch.Tensor:
+    """Dice sums over the whole batch: under DistributedDataParallel training, each process holds a share of
+    the batch, so the sums are added over the processes (with gradients), making the Dice term the one
+    process's term of the whole batch. Unchanged outside distributed training and when not training."""
+    import torch.distributed as dist
+
+    if not (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return sums
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(sums)
 
 
 def class_weights_from_counts(counts: Sequence[int]) -> list[float]:
