@@ -134,7 +134,8 @@ def test_train_macro_round_trip_keeps_every_fiji_option():
         class_names=["bg", "cell", "nucleus"], ignore_label=0, epochs=7, batch=3, steps_per_epoch=5,
         optimizer="sgd", lr=0.02, schedule="cosine", loss="dice", normalization="percentile",
         validation_fraction=0.1, seed=9, device="cpu", resume="/models/old", init_from="/models/base",
-        freeze_encoder=True)
+        freeze_encoder=True, time_budget="1h30m", precision="fp32",
+        augmentation="strong,elastic=0.1 rotate=0.3:-30:30")
     offered = [d for d in train_options() if d.key]
     assert all(getattr(config, d.name) != d.default for d in offered)  # a new Fiji option must join this test
     text = commands.spec(commands.TRAIN).format(commands.train_values(config))
