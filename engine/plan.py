@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -169,21 +169,22 @@ def _object_extent(samples: Sequence[Any], spatial_dims: int) -> tuple[float, ..
 _PROFILES: dict[tuple[str, int, int], DeviceProfile] = {}
 
 
-def measure_device(device: str = "auto", spatial_dims: int = 2) -> DeviceProfile:
-    """Time a few real training steps of a reference U-Net; cached per device, thread count and dims."""
+def measure_device(device: str = "auto", spatial_dims: int = 2, precision: str = "auto") -> DeviceProfile:
+    """Time real training steps of a reference U-Net (in the precision training will use); cached per device,
+    thread count, dims and precision."""
     import torch
 
     from .model_files import resolve_device
 
     resolved = resolve_device(device)
     threads = torch.get_num_threads()
-    key = (str(resolved), threads, spatial_dims)
+    key = (str(resolved), threads, spatial_dims, precision)
     if key not in _PROFILES:
         name, patch, batch = (("unet2d", (128, 128), 4) if spatial_dims == 2
                               else ("unet3d", (32, 64, 64), 2))
         options = {"depth": 3, "filters": 16, "stem": "double"}
         flops = step_flops(name, options, patch, batch)
-        seconds = _time_steps(name, options, patch, batch, resolved)
+        seconds = time_step(name, options, patch, batch, resolved, precision=precision)
         memory = None
         if resolved.type == "cuda":
             free, _ = torch.cuda.mem_get_info(resolved)
@@ -192,32 +193,35 @@ def measure_device(device: str = "auto", spatial_dims: int = 2) -> DeviceProfile
     return _PROFILES[key]
 
 
-def _time_steps(name: str, options: dict[str, Any], patch: Sequence[int], batch: int, device: Any,
-                steps: int = 3) -> float:
-    """Seconds per training step (forward, loss, backward, optimizer), after one warm-up step."""
+def time_step(name: str, options: dict[str, Any], patch: Sequence[int], batch: int, device: Any, *,
+              channels: int = 1, classes: int = 2, precision: str = "auto", steps: int = 3) -> float:
+    """Seconds of one training step (forward, loss, backward, optimizer) after a warm-up step: the fastest of
+    ``steps``, the one least disturbed by other work on the machine."""
     import torch
 
     from .networks import build
+    from .precision import resolve_precision
 
-    net = build(name, in_channels=1, classes=2, **options).to(device)
+    device = torch.device(device)
+    autocast = resolve_precision(precision, device).autocast
+    net = build(name, in_channels=channels, classes=classes, **options).to(device)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.randn((batch, 1, *patch), device=device)
-    y = torch.randint(0, 2, (batch, *patch), device=device)
+    x = torch.randn((batch, channels, *patch), device=device)
+    y = torch.randint(0, classes, (batch, *patch), device=device)
 
-    def step() -> None:
+    def step() -> float:
+        began = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        with autocast():
+            logits = net(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - began
 
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    began = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - began) / steps
+    return min(step() for _ in range(steps))
 
 
 def step_flops(name: str, options: dict[str, Any], patch: Sequence[int], batch: int, channels: int = 1,
@@ -315,25 +319,48 @@ def _depth(network: str, data: Fingerprint, largest: Sequence[int]) -> tuple[int
 
 
 def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", step_seconds: float | None = None,
-              classes: int = 2, batch: int | None = None, profile: DeviceProfile | None = None) -> Plan:
+              classes: int = 2, batch: int | None = None, profile: DeviceProfile | None = None,
+              precision: str = "auto") -> Plan:
     """Plan network, depth, filters, stem, patch and batch for ``samples`` on ``device``.
 
     Priorities: a patch of at least twice the typical object (and 128 px in-plane, 16 planes, where the
-    images allow), then the widest network (32, 16, 8 filters; the plain stem before the strided one),
-    then the largest patch that still fits the target. ``profile``: a measured device (default: measured now)."""
+    images allow; never below half of that), then the widest network (32, 16, 8 filters; the plain stem
+    before the strided one), then the largest patch that still fits the target. ``profile``: a measured
+    device (default: measured now; then the chosen configuration is also timed for real on a CPU, and the plan
+    is made again with the rate it achieved when the estimate was off by more than 30 %)."""
     data = samples if isinstance(samples, Fingerprint) else fingerprint(samples)
     network, why = choose_network(data)
     dims = 2 if network == "unet2d" else 3
-    profile = profile or measure_device(device, dims)
+    measured = profile is None
+    profile = profile or measure_device(device, dims, precision)
     batch = batch or (4 if dims == 2 else 2)
-    depth, depth_why = _depth(network, data, _largest_patch(network, data, 2))
+    plan = _plan(data, network, profile, batch, classes, step_seconds)
+    plan.reasons.insert(0, why)
+    if measured and profile.memory_bytes is None:
+        seconds = time_step(plan.network, plan.network_options, plan.patch, batch, profile.device,
+                            channels=data.channels, classes=classes, precision=precision, steps=2)
+        if not 0.77 < plan.step_seconds / seconds < 1.3:
+            rate = plan.step_flops / seconds
+            plan = _plan(data, network, replace(profile, flops_per_second=rate), batch, classes, step_seconds)
+            plan.reasons.insert(0, why)
+            plan.reasons.append(f"re-planned: the first choice took {seconds:.3f} s per step in a real step")
+    return plan
+
+
+def _plan(data: Fingerprint, network: str, profile: DeviceProfile, batch: int, classes: int,
+          step_seconds: float | None) -> Plan:
+    """One pass of :func:`make_plan` with a given device rate."""
+    dims = 2 if network == "unet2d" else 3
+    usual = np.array((16, 128, 128)[-dims:], dtype=np.float64)
+    wanted = usual.copy()  # twice the objects, between the usual patch and twice that
+    if data.object_extent is not None:
+        wanted = np.clip(2 * np.array(data.object_extent[-dims:]), usual, 2 * usual)
+    depth, depth_why = _depth(network, data, np.minimum(wanted, _largest_patch(network, data, 2)))
     grid = _pool_factors(network, depth)
     largest = _largest_patch(network, data, depth)
     floor = tuple(min(l, max(2 * g, m)) for l, g, m in zip(largest, grid, (8, 32, 32)[-dims:]))
-    wanted = np.array((16, 128, 128)[-dims:], dtype=np.float64)
-    if data.object_extent is not None:
-        wanted = np.maximum(wanted, 2 * np.array(data.object_extent[-dims:]))
     need = tuple(min(l, max(f, -(-int(w) // g) * g)) for l, f, w, g in zip(largest, floor, wanted, grid))
+    half = tuple(max(f, n // 2 // g * g) for f, n, g in zip(floor, need, grid))
     gpu = profile.memory_bytes is not None
     limit = step_seconds if step_seconds is not None else STEP_SECONDS
 
@@ -342,10 +369,10 @@ def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", ste
             return _fits_memory(network, options, patch, batch, data, classes, profile)
         return _flops(network, options, patch, batch, data.channels, classes) / profile.flops_per_second <= limit
 
-    reasons = [why, depth_why]
-    chosen = _search(depth, grid, largest, (need, floor), fits)
+    reasons = [depth_why]
+    chosen = _search(depth, grid, largest, (need, half), fits)
     if chosen is None:
-        chosen = ({"depth": depth, "filters": FILTERS[-1], "stem": "strided"}, floor)
+        chosen = ({"depth": depth, "filters": FILTERS[-1], "stem": "strided"}, half)
         reasons.append(f"even the smallest configuration exceeds the {'memory' if gpu else 'time'} target")
     options, patch = chosen
     if any(p < n for p, n in zip(patch, need)):
@@ -353,8 +380,8 @@ def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", ste
     if options["stem"] == "strided":
         reasons.append("strided stem: lets this width and patch fit the target")
     target = (f"{GPU_MEMORY_SHARE:.0%} of the free GPU memory" if gpu else f"{limit:g} s per step")
-    reasons.append(f"target: {target} on {profile.device} ({profile.threads} threads, measured "
-                   f"{profile.flops_per_second / 1e9:.0f} GFLOP/s in a training step)")
+    reasons.append(f"target: {target} on {profile.device} ({profile.threads} threads, "
+                   f"{profile.flops_per_second / 1e9:.0f} GFLOP/s measured in a training step)")
     flops = _flops(network, options, patch, batch, data.channels, classes)
     return Plan(network, options, tuple(int(p) for p in patch), batch, flops / profile.flops_per_second, flops,
                 receptive_field(network, depth), profile.device, reasons)

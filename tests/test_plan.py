@@ -138,3 +138,64 @@ def test_cli_plan_measures_this_machine(tmp_path, capsys):
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert saved["step_seconds"] > 0 and math.prod(saved["patch"]) <= 96 * 96
     assert main(["plan", "--images", str(tmp_path / "img.tif"), "--step-time", "0"]) == 2
+
+
+def test_train_with_network_auto_follows_and_saves_the_plan(tmp_path, monkeypatch):
+    """`deepseg train` without --network trains what `deepseg plan` prints (options, patch and batch given by
+    the user win), stores the plan in config.json, and a resumed run keeps the checkpoint's network."""
+    from conftest import blob_images
+
+    from engine.training import train
+
+    profile = DeviceProfile("cpu", 2, 2e10)
+    monkeypatch.setattr("engine.plan.measure_device", lambda device="auto", spatial_dims=2, precision="auto": profile)
+    monkeypatch.setattr("engine.plan.time_step", lambda name, options, patch, batch, device, **kw:  # as estimated
+                        step_flops(name, options, patch, batch) / profile.flops_per_second)
+    images, labels = blob_images(3)
+    expected = make_plan(fingerprint(_samples(images, labels)), profile=profile)
+    result = train(images=images, labels=labels, out=str(tmp_path / "auto"), epochs=1, steps_per_epoch=1)
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert saved["network"] == expected.network
+    assert {k: saved["network_options"][k] for k in expected.network_options} == expected.network_options
+    assert saved["plan"]["patch"] == list(expected.patch) and saved["plan"]["batch"] == expected.batch
+    used = _train_config(tmp_path / "auto")
+    assert used["patch"] == list(expected.patch) and used["batch"] == expected.batch
+
+    train(images=images, labels=labels, out=str(tmp_path / "given"), epochs=1, steps_per_epoch=1,
+          patch=32, batch=1, network_options={"filters": 4})
+    given = _train_config(tmp_path / "given")
+    assert given["patch"] == [32, 32] and given["batch"] == 1
+    assert given["network_options"]["filters"] == 4 and given["network"] == expected.network
+
+    monkeypatch.setattr("engine.plan.measure_device", lambda device="auto", spatial_dims=2, precision="auto": FAST_CPU)
+    before = _train_config(tmp_path / "auto")["network_options"]
+    train(images=images, labels=labels, out=str(tmp_path / "auto"), epochs=2, steps_per_epoch=1,
+          resume=str(tmp_path / "auto"))
+    assert _train_config(tmp_path / "auto")["network_options"] == before  # not the fast machine's plan
+    assert len(result.history) == 1
+    explicit = train(images=images, labels=labels, out=str(tmp_path / "explicit"), epochs=1, steps_per_epoch=1,
+                     network="unet2d", network_options={"depth": 2, "filters": 4}, patch=32)
+    assert "plan" not in json.loads((tmp_path / "explicit" / "config.json").read_text())
+
+
+def _train_config(folder):
+    return json.loads((folder / "train_config.json").read_text())
+
+
+def _samples(images, labels):
+    from engine.data import samples_from_arrays
+
+    return samples_from_arrays(images, labels)
+
+
+def test_a_plan_is_made_again_when_a_real_step_is_slower_than_estimated(monkeypatch):
+    """The chosen configuration is timed for real; 3x slower than estimated: planned again with that rate."""
+    data = Fingerprint(2, (512, 512), (1.0, 1.0), 1, (30.0, 30.0))
+    profile = DeviceProfile("cpu", 2, 1e11)
+    monkeypatch.setattr("engine.plan.measure_device", lambda device="auto", spatial_dims=2, precision="auto": profile)
+    monkeypatch.setattr("engine.plan.time_step", lambda name, options, patch, batch, device, **kw:
+                        3 * step_flops(name, options, patch, batch) / profile.flops_per_second)
+    first = make_plan(data, profile=profile)
+    again = make_plan(data)
+    assert again.step_flops < first.step_flops
+    assert again.step_seconds <= 0.25 + 1e-9 and any("re-planned" in r for r in again.reasons)
