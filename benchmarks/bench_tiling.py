@@ -63,7 +63,7 @@ QUICK = {
     "2d": dict(shape=(320, 320), tile=(128, 128)),
     "3d": dict(shape=(40, 96, 96), tile=(32, 64, 64)),
 }
-METHODS = ("ours", "monai", "ours-stream")
+METHODS = ("ours", "monai", "ours-stream", "ours-bf16")
 
 
 # -------------------------------------------------------------------------------- network and input
@@ -169,6 +169,18 @@ class Setup:
         self.monai_weights = None if own else torch.from_numpy(blend_weights(self.tile).copy())
         with torch.inference_mode():  # warm-up with the usual batch shape, outside the timing
             self.net(torch.zeros((args.batch, 1, *self.tile)))
+            self.bf16(torch.zeros((args.batch, 1, *self.tile)))
+
+    def bf16(self, x: Any) -> Any:
+        """The network under CPU bf16 autocast (engine.precision), softmax in fp32: what deepseg's
+        prediction runs with ``precision="auto"`` on a CPU with native bf16."""
+        import torch
+
+        from engine.precision import Precision
+
+        with Precision("bf16", "cpu").autocast():
+            logits = self.net[0](x)
+        return torch.softmax(logits.float(), dim=1)
 
     def measure(self, method: str) -> tuple[dict, Any]:
         """Time one prediction: wall and CPU seconds, ru_maxrss before and after; and the output."""
@@ -189,7 +201,8 @@ class Setup:
                                              args.overlap, mode="gaussian", roi_weight_map=self.monai_weights)
             y = y[0].numpy()
         else:
-            y = predict_tiled(self.x, self.net, tile=self.tile, overlap=args.overlap, blend="gaussian",
+            predictor = self.bf16 if method == "ours-bf16" else self.net
+            y = predict_tiled(self.x, predictor, tile=self.tile, overlap=args.overlap, blend="gaussian",
                               batch=args.batch, out=sink)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -294,6 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also compare each output with one whole-input forward pass (needs the network's "
                              "memory for the whole input: fine in 2D, many GB in 3D)")
     parser.add_argument("--stream", action="store_true", help="also run ours writing into a file sink (out=)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="leave out ours with bf16 autocast (ours-bf16; max |diff| then shows bf16's error)")
     parser.add_argument("--in-process", action="store_true",
                         help="run all methods in this process (faster start; peak memory is then shared)")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -311,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         return worker(args)
     table = QUICK if args.quick else CASES
-    methods = ["ours", "monai"] + (["ours-stream"] if args.stream else [])
+    methods = ["ours", "monai"] + (["ours-stream"] if args.stream else []) + ([] if args.no_bf16 else ["ours-bf16"])
     print(f"torch threads: {args.threads or 'default'}, U-Net depth {args.depth} filters {args.filters}, "
           f"overlap {args.overlap}, batch {args.batch}, gaussian, MONAI weights: {args.monai_weights}, "
           f"best of {args.repeats}")

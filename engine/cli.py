@@ -86,6 +86,10 @@ def _train(args: argparse.Namespace) -> int:
         result = train(config, progress=bar)
     finally:
         bar.close()
+    from .ddp import is_main
+
+    if not is_main():  # torchrun/SLURM: rank 0 reports
+        return 0
     final = result.final_metrics
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float) and k != "lr")
     print(f"model written to {result.model_dir} ({len(result.history)} epochs; {shown})")
@@ -104,7 +108,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blend", choices=["gaussian", "mean"], default="gaussian")
     p.add_argument("--batch", type=int, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower, smoother)")
+    p.add_argument("--postprocess", metavar="STEPS", help="post-process the labels (default: the model's stored "
+                   "steps, shown by `deepseg info`; none: no post-processing). " + cli_postprocess.STEPS_HELP)
+    p.add_argument("--save-postprocess", action="store_true", help="store --postprocess in the model folder as its "
+                   "default, applied by later predictions (--postprocess none removes it); saved once the "
+                   "prediction succeeded")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="network arithmetic: auto (bf16 where the CPU/GPU does it natively, else fp32), bf16, "
+                   "fp16 (CUDA) or fp32 (default auto)")
     p.add_argument("--quiet", action="store_true")
     z = p.add_argument_group("chunked volumes (zarr / OME-Zarr input or output, or --cluster): blockwise, resumable")
     z.add_argument("--cluster", help="run blocks on Dask: local:N (N worker processes here) or a scheduler "
@@ -146,17 +158,34 @@ def _predict(args: argparse.Namespace) -> int:
     from .prediction import predict_file
     from .progress import TqdmProgress
 
+    from .readers import handles, split_dataset_path
+
     source = Path(args.input)
-    if not source.exists():
+    if not split_dataset_path(source)[0].exists():  # file.h5:/dataset names a file
         raise FileNotFoundError(f"input {str(source)!r} does not exist")
     from .blockwise import blockwise_needed
 
+    if args.save_postprocess and args.postprocess is None:
+        raise DeepSegError("--save-postprocess stores the steps of --postprocess: give --postprocess STEPS (or none)")
     if blockwise_needed(source, args.out, args.cluster):
+        if args.postprocess not in (None, "none") or args.save_postprocess:
+            raise DeepSegError("--postprocess applies to TIFF outputs; for zarr run `deepseg postprocess LABELS.zarr "
+                               "--out CLEAN.zarr --steps STEPS` on the result")
+        from .model_files import stored_postprocess
+
+        stored = stored_postprocess(args.model) if args.postprocess is None else None
+        if stored:
+            import warnings
+
+            warnings.warn(f"the model's default post-processing ({stored}) is not applied to zarr outputs: run "
+                          "`deepseg postprocess` on the result")
+        if args.precision != "auto":
+            raise DeepSegError("--precision applies to TIFF outputs; zarr / cluster prediction uses auto precision")
         return _predict_blockwise(args)
     if args.block or args.probabilities_dtype != "float32":
         raise DeepSegError("--block and --probabilities-dtype apply to zarr / OME-Zarr outputs (*.zarr, *.ome.zarr)")
     jobs: list[tuple[Path, Path, Path | None]]
-    if source.is_dir():
+    if source.is_dir() and not handles(source):  # a folder of images; a DICOM series folder is one volume
         out_dir = Path(args.out)
         prob_dir = Path(args.probabilities) if args.probabilities else None
         jobs = [(f, out_dir / (f.stem + ".tif"), prob_dir / (f.stem + ".tif") if prob_dir else None)
@@ -168,16 +197,26 @@ def _predict(args: argparse.Namespace) -> int:
     for image, labels, probs in jobs:  # all checked before anything is written
         refuse_overwriting({"--out": labels, "--probabilities": probs}, {"the input image": image})
     model = load_model(args.model, device=args.device)
+    if args.postprocess is not None:  # checked (syntax, class names) before anything runs
+        from .postprocess import check_steps
+
+        check_steps(args.postprocess, model.class_names)
     bar = TqdmProgress(disable=args.quiet)
     try:
         for image, labels, probs in jobs:
             summary = predict_file(model, image, labels, probabilities_path=probs, axes=args.axes,
                                    tile=args.tile, overlap=args.overlap, blend=args.blend,
-                                   batch=args.batch, tta=args.tta, progress=bar)
+                                   batch=args.batch, tta=args.tta, precision=args.precision,
+                                   postprocess=args.postprocess, progress=bar)
             counts = ", ".join(f"{k}: {v}" for k, v in summary.get("class_voxels", {}).items())
             print(f"{image} -> {labels}" + (f" ({counts})" if counts else ""))
     finally:
         bar.close()
+    if args.save_postprocess:
+        from .model_files import save_postprocess
+
+        stored = save_postprocess(args.model, args.postprocess)
+        print(f"default post-processing of {args.model}: {stored or 'none'}")
     return 0
 
 
@@ -194,6 +233,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the report as JSON (folders: every image's and the total)")
     p.add_argument("--csv", help="write per-class metrics as CSV (folders: one row per image, then 'all')")
     p.add_argument("--plot", help="write the confusion matrix as PNG (folders: of all images together)")
+    p.add_argument("--surface-metrics", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the BF score, HD95 and ASSD per class (default: on; they hold the label "
+                   "images in memory, turn them off for volumes that do not fit)")
+    p.add_argument("--tolerance", default=None, metavar="DISTANCE",
+                   help="BF score tolerance: a distance in the images' unit (2.5), in voxels (3px) or in percent "
+                   "of the image diagonal (default 0.75%%, as DeepMIB)")
+    p.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                   help="voxel size per axis, comma-separated (or one number), overriding the files' calibration")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -205,7 +252,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     refuse_overwriting({"--json": args.json, "--csv": args.csv, "--plot": args.plot},
                        {"the prediction": args.prediction, "the truth": args.truth, "the mask": args.mask})
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    options = dict(classes=args.classes, ignore_label=args.ignore_label, class_names=names)
+    options = dict(classes=args.classes, ignore_label=args.ignore_label, class_names=names,
+                   surface=args.surface_metrics, tolerance=args.tolerance, spacing=args.spacing)
     folders = [Path(p).is_dir() for p in (args.prediction, args.truth)]
     if any(folders):
         if not all(folders):
@@ -252,6 +300,7 @@ def _info(args: argparse.Namespace) -> int:
         f"trained       {training.get('epochs', '?')} epochs on {len(training.get('data', []))} image(s); "
         f"final {json.dumps(training.get('final', {}))}",
         f"versions      {json.dumps(info.get('versions', {}))}",
+        f"postprocess   {info.get('postprocess') or 'none'}",
     ]
     print("\n".join(lines))
     return 0
@@ -338,6 +387,12 @@ def _plugin_help(name: str) -> str:
         return f"(unavailable: {err})"
 
 
+from . import cli_objects  # noqa: E402  (light: its heavy imports are inside its functions)
+from . import cli_postprocess  # noqa: E402  (light, as above)
+from . import cli_plan  # noqa: E402  (light, as above)
+from . import cli_augment  # noqa: E402  (light, as above)
+from . import cli_export  # noqa: E402  (light, as above)
+
 COMMANDS = {
     "train": (_add_train, _train),
     "predict": (_add_predict, _predict),
@@ -346,6 +401,12 @@ COMMANDS = {
     "networks": (_add_networks, _networks),
     "activations": (_add_activations, _activations),
     "demo": (_add_demo, _demo),
+    "plan": (cli_plan.add_plan, cli_plan.run_plan),
+    "measure": (cli_objects.add_measure, cli_objects.run_measure),
+    "mesh": (cli_objects.add_mesh, cli_objects.run_mesh),
+    "postprocess": (cli_postprocess.add_postprocess, cli_postprocess.run_postprocess),
+    "augment-preview": (cli_augment.add_augment_preview, cli_augment.run_augment_preview),
+    "export": (cli_export.add_export, cli_export.run_export),
 }
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .augment import Augmentation
+from .augment import DEFAULT_PRESET, PRESETS, Augmentation
+from .budget import parse_duration
 from .errors import InputError
 from .losses import LOSSES
 from .normalization import METHODS as NORMALIZATIONS
 from .options import Declared, checked_keywords, declared_options, option, unknown_option_error
+from .precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("poly", "piecewise", "cosine", "constant")
@@ -22,7 +24,7 @@ SELECT = ("best", "last")
 def _network_names() -> list[str]:
     from .networks import list_networks  # imports torch: only when the choices are shown
 
-    return list(list_networks())
+    return ["auto", *list_networks()]
 
 
 @dataclass
@@ -54,8 +56,9 @@ class TrainConfig:
                               help="axes of image files that do not record them, e.g. ZYX or YXC")
     out: str = option("model", kind="folder", flag="--out", key="out", label="Out (model folder)", required=True,
                       help="model folder to write")
-    network: str = option("unet2d", kind="choice", choices=_network_names, flag="--network", key="network",
-                          label="Network", help="network architecture (see `deepseg networks`)")
+    network: str = option("auto", kind="choice", choices=_network_names, flag="--network", key="network",
+                          label="Network", help="network architecture (see `deepseg networks`); auto: planned from "
+                          "the data and this machine (`deepseg plan`), with patch and batch unless given")
     network_options: dict[str, Any] = option(
         default_factory=dict, kind="mapping", flag="--option", key="options", label="Options",
         help="network options, e.g. depth=3 filters=16 (on the command line: --option depth=3, repeatable)")
@@ -71,8 +74,13 @@ class TrainConfig:
                                            help="class names, comma-separated, background first")
     ignore_label: int | None = option(None, kind="int", flag="--ignore-label", key="ignore", label="Ignore label",
                                       auto="none", help="label value meaning 'not annotated'")
-    epochs: int = option(50, kind="int", flag="--epochs", key="epochs", label="Epochs", minimum=1,
-                         help="passes over the training data")
+    epochs: int | None = option(None, kind="int", flag="--epochs", key="epochs", label="Epochs", minimum=1,
+                                auto="auto", auto_help="50; with time, as many as fit, or whichever ends first",
+                                help="passes over the training data")
+    time_budget: str | float | None = option(
+        None, flag="--time", key="time", label="Time budget",
+        help="wall-clock training time, e.g. 90s, 10m, 1h or 1h30m (none by default): the learning rate follows "
+             "the elapsed time, validation takes at most about a tenth of it; with epochs, whichever ends first")
     batch: int | None = option(None, kind="int", flag="--batch", key="batch", label="Batch size", auto="auto",
                                minimum=1, auto_help="4 in 2D, 2 in 3D", help="patches per step (minibatch size)")
     steps_per_epoch: int | None = option(None, kind="int", flag="--steps", key="steps", label="Steps per epoch",
@@ -92,7 +100,10 @@ class TrainConfig:
     exclude_background: bool = False
     normalization: str = option("zscore", kind="choice", choices=NORMALIZATIONS, flag="--normalization",
                                 key="normalization", label="Normalization", help="intensity normalization")
-    augmentation: dict[str, Any] = field(default_factory=dict)
+    augmentation: str | dict[str, Any] | None = option(
+        DEFAULT_PRESET, flag="--augmentation", key="augmentation", label="Augmentation",
+        help=f"augmentation: a preset ({', '.join(PRESETS)}), optionally with changes, e.g. 'default,elastic=0.2'; "
+             "items alone start from none, e.g. 'rotate=0.2:-30:30,scale=0.2:0.7:1.4,blur=0.2' (see deepseg augment-preview)")
     foreground_oversampling: float = option(0.33, kind="float", minimum=0.0, maximum=1.0,
                                             help="fraction of patches centred on foreground")
     validation_fraction: float = option(0.25, kind="float", flag="--validation", key="validation",
@@ -103,7 +114,12 @@ class TrainConfig:
     seed: int = option(2, kind="int", flag="--seed", key="seed", label="Seed", help="random seed")
     device: str = option("auto", flag="--device", key="device", label="Device",
                          help="where to compute: auto, cpu, cuda, cuda:N or mps")
-    amp: bool = True
+    gpus: int | None = option(None, kind="int", flag="--gpus", minimum=1,
+                              help="train with N processes, one GPU each (DistributedDataParallel; with device cpu: "
+                                   "N CPU processes); batch is the global batch, split over them")
+    precision: str = option("auto", kind="choice", choices=PRECISIONS, flag="--precision", key="precision",
+                            label="Precision", help="arithmetic of the network: auto (bf16 where the CPU or GPU "
+                            "does it natively, else fp32), bf16, fp16 (CUDA only) or fp32")
     resume: str | None = option(None, kind="folder", flag="--resume", key="resume", label="Resume from",
                                 help="checkpoint file or model folder of an interrupted run to continue")
     init_from: str | None = option(None, kind="folder", flag="--init-from", key="init", label="Init from model",
@@ -130,7 +146,11 @@ class TrainConfig:
             check_class_names(self.class_names, int(self.classes))
         if isinstance(self.class_weights, str) and self.class_weights != "auto":
             raise InputError(f"class_weights={self.class_weights!r}: expected 'auto' or a list of numbers")
-        Augmentation(**self.augmentation)  # raises on bad keys or values
+        if self.augmentation is not None and not isinstance(self.augmentation, str):  # a mapping (older folders)
+            self.augmentation = Augmentation.from_config(self.augmentation).to_text()  # the same, as text
+        Augmentation.from_config(self.augmentation)  # raises on a bad preset or item
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)  # raises naming the value
         if self.device not in ("auto", "cpu") and not str(self.device).startswith(("cuda", "mps")):
             raise InputError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
@@ -154,6 +174,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """A configuration from a mapping (e.g. JSON); unknown keys raise InputError with the close match."""
+        data = _fold_amp(data)
         unknown = [key for key in data if key not in cls.field_names()]
         if unknown:
             raise unknown_option_error(unknown, cls.field_names(), "training option")
@@ -179,6 +200,19 @@ class TrainConfig:
 
 # TrainConfig(epoch=3) or .replace(epoch=3): an InputError naming 'epochs', not a TypeError.
 TrainConfig.__init__ = checked_keywords(TrainConfig.__init__, what="training option")  # type: ignore[method-assign]
+
+
+def _fold_amp(data: dict[str, Any]) -> dict[str, Any]:
+    """Configurations written before ``precision`` existed have ``amp`` (bool): false means fp32."""
+    if "amp" not in data:
+        return data
+    amp = data["amp"]
+    if not isinstance(amp, bool):
+        raise InputError(f"amp={amp!r}: expected true or false (or use precision: {', '.join(PRECISIONS)})")
+    data = {k: v for k, v in data.items() if k != "amp"}
+    if not amp and data.get("precision", "auto") == "auto":
+        data["precision"] = "fp32"
+    return data
 
 
 def train_options() -> list[Declared]:

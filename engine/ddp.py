@@ -32,7 +32,7 @@ import queue as queues
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -43,7 +43,10 @@ from .errors import Cancelled, DeepSegError, InputError
 from .progress import Progress, ProgressCallback, report
 
 __all__ = ["Environment", "environment", "world_size", "rank", "is_main", "join", "adapt", "launch",
-           "wants_launch", "main_only", "average_metrics", "barrier", "CPUSyncBatchNorm", "convert_batchnorm"]
+           "wants_launch", "main_only", "average_metrics", "barrier", "on_main_then_shared", "CPUSyncBatchNorm",
+           "convert_batchnorm"]
+
+T = TypeVar("T")
 
 #: overrides the process-group backend (nccl on CUDA, gloo on the CPU)
 ENV_BACKEND = "DEEPSEG_DDP_BACKEND"
@@ -120,6 +123,16 @@ def barrier() -> None:
     """Wait for every process of the group (nothing without one)."""
     if world_size() > 1:
         dist.barrier()
+
+
+def on_main_then_shared(make: Callable[[], T]) -> T:
+    """``make()`` on rank 0, its (picklable) result given to every process; just ``make()`` without a group.
+    For choices that must agree, such as a training plan measured on one process."""
+    if world_size() == 1:
+        return make()
+    box = [make() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _tensor_device() -> torch.device:

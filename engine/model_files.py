@@ -93,6 +93,7 @@ class LoadedModel:
             "normalization": self.normalization.to_dict(),
             "training": self.config.get("training", {}),
             "versions": self.config.get("versions", {}),
+            "postprocess": self.config.get("postprocess"),
         }
         return info
 
@@ -258,6 +259,29 @@ def _remove_unused(directory: Path, keep: Collection[Any], dropped: Collection[A
                 path.unlink()
 
 
+def stored_postprocess(directory: str | Path) -> str | None:
+    """The default post-processing stored in a model folder's ``config.json`` (None when there is none)."""
+    return _read_config(Path(directory)).get("postprocess") or None
+
+
+def save_postprocess(directory: str | Path, steps: str | None) -> str | None:
+    """Store the default post-processing of a model folder (``config.json`` ``"postprocess"``, replaced
+    atomically), applied by every later prediction; ``None`` or ``"none"`` removes it. The steps are
+    checked (syntax, class names) first; returns their canonical text (None when removed)."""
+    from .postprocess import check_steps
+
+    directory = Path(directory)
+    with _locked(directory):
+        cfg = _read_config(directory)
+        text = check_steps(steps, cfg.get("class_names") or default_class_names(int(cfg["classes"])))
+        if text is None:
+            cfg.pop("postprocess", None)
+        else:
+            cfg["postprocess"] = text
+        _write_config(directory, cfg)
+    return text
+
+
 def _write_config(directory: Path, cfg: dict[str, Any]) -> None:
     text = json.dumps(cfg, indent=2, default=_json_default) + "\n"
     with atomic_path(directory / "config.json") as tmp:
@@ -318,6 +342,10 @@ def load_model(
     """Rebuild the network of a model folder and load its verified weights (in eval mode)."""
     if isinstance(directory, LoadedModel):
         return directory
+    from .exchange_models import is_exchange_model, load_exchange_model
+
+    if is_exchange_model(directory):  # an ONNX file or bioimage.io package written by `deepseg export`
+        return load_exchange_model(directory, device=device)
     if which not in WEIGHT_SLOTS:
         raise InputError(f"which={which!r}: expected one of {WEIGHT_SLOTS}")
     directory = Path(directory)

@@ -22,6 +22,8 @@ from .arrays import check_finite, label_dtype, z_context_stack  # label_dtype: r
 from .errors import InputError
 from .model_files import LoadedModel, load_model
 from .options import checked_keywords
+from .postprocess import postprocess as postprocess_labels, predict_file_postprocessed, resolve_steps
+from .precision import Precision, as_precision, check_precision, configure_device
 from .progress import Progress, ProgressCallback, report
 from .tiling import ArraySink, TileSink, predict_tiled
 
@@ -60,18 +62,23 @@ def grid_factor(network: Any, tile: Sequence[int]) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(valid, network.valid_input_shape([v + 1 for v in valid])))
 
 
-def make_predictor(model: LoadedModel, tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_predictor(model: LoadedModel, tta: bool = False,
+                   precision: str | Precision = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
     """Network + softmax as a callable for :func:`engine.tiling.predict_tiled`; ``tta`` averages
-    over all mirrorings of the spatial axes (nnU-Net's test-time augmentation: 4x in 2D, 8x in 3D)."""
+    over all mirrorings of the spatial axes (nnU-Net's test-time augmentation: 4x in 2D, 8x in 3D).
+    The network runs in ``precision`` (:func:`engine.precision.resolve_precision`); the softmax in fp32."""
     net, device = model.network, model.device
-    use_amp = device.type == "cuda"
+    arithmetic = as_precision(precision, device)
+    configure_device(device)
+    pin = device.type == "cuda"
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            return torch.softmax(net(x).float(), dim=1)
+        with arithmetic.autocast():
+            logits = net(x)
+        return torch.softmax(logits.float(), dim=1)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device)
+        x = x.pin_memory().to(device, non_blocking=True) if pin and x.device.type == "cpu" else x.to(device)
         if not tta:
             return forward(x)
         axes = list(range(2, x.ndim))
@@ -107,7 +114,8 @@ def _check_image(model: LoadedModel, image: xr.DataArray) -> np.ndarray:
 
 
 def _probabilities(model: LoadedModel, pixels: Any, *, tile, overlap, blend, batch, tta, out: TileSink | None,
-                   progress, region: tuple[slice, ...] | None = None, norm: Any = None) -> np.ndarray | TileSink:
+                   progress, region: tuple[slice, ...] | None = None, norm: Any = None,
+                   precision: str | Precision = "auto") -> np.ndarray | TileSink:
     """Blended class probabilities ``(K, *spatial)`` for channel-first ``pixels``, returned, or written
     to the sink ``out`` slab by slab (in increasing order along the first spatial axis).
 
@@ -122,7 +130,7 @@ def _probabilities(model: LoadedModel, pixels: Any, *, tile, overlap, blend, bat
     if len(tile) != net.spatial_dims:
         raise InputError(f"tile {list(tile)} must have {net.spatial_dims} sizes for model {net.name!r}")
     tile = net.valid_input_shape(tile)
-    predictor = make_predictor(model, tta)
+    predictor = make_predictor(model, tta, precision)
     preprocess = lambda batch: norm.apply(batch, channel_axis=1)  # noqa: E731
     kwargs = dict(tile=tile, overlap=overlap, blend=blend, batch=batch or (8 if net.spatial_dims == 2 else 2),
                   preprocess=preprocess, grid=grid_factor(net, tile))
@@ -152,6 +160,8 @@ def predict(
     device: str | None = "auto",
     probabilities: bool = False,
     tta: bool = False,
+    postprocess: str | None = None,
+    precision: str | Precision = "auto",
     progress: ProgressCallback | None = None,
 ) -> Prediction:
     """Segment ``image`` with a model (folder path or :class:`LoadedModel`).
@@ -161,22 +171,30 @@ def predict(
     placed on the network's down-sampling grid; ``overlap`` is the fraction shared by neighbouring
     tiles; ``blend`` is "gaussian" or "mean"; ``batch`` is tiles per network call (default 8 in 2D,
     2 in 3D); ``tta`` adds mirroring test-time augmentation. A 2D model segments a stack slice by
-    slice. ``probabilities=True`` also returns the class probabilities.
+    slice. ``probabilities=True`` also returns the class probabilities. ``postprocess``: post-processing
+    steps for the labels (:mod:`engine.postprocess`; default: the model's stored ones, "none": none). ``precision``: the network's
+    arithmetic, "auto" (bf16 where the CPU/GPU does it natively), "bf16", "fp16" (CUDA) or "fp32".
     """
     model = load_model(model, device=device)
+    precision = as_precision(precision, model.device)  # a bad value fails before any work
     img = as_image(image, axes)
     if "t" in img.dims:
         parts = [predict(model, img.isel(t=i), tile=tile, overlap=overlap, blend=blend, batch=batch,
-                         probabilities=probabilities, tta=tta, progress=progress) for i in range(img.sizes["t"])]
+                         probabilities=probabilities, tta=tta, precision=precision, postprocess=postprocess,
+                         progress=progress) for i in range(img.sizes["t"])]
         labels = xr.concat([p.labels for p in parts], dim="t")
         probs = xr.concat([p.probabilities for p in parts], dim="t") if probabilities else None
         return Prediction(labels, probs)
     pixels = _check_image(model, img)
     probs = _probabilities(model, pixels, tile=tile, overlap=overlap, blend=blend, batch=batch,
-                           tta=tta, out=None, progress=progress)
+                           tta=tta, out=None, progress=progress, precision=precision)
     labels = probs.argmax(0).astype(label_dtype(model.classes))
     name = f"{img.name}-labels" if img.name else "labels"
     result = Prediction(like(labels, img, name=name))
+    result.labels.attrs["class_names"] = model.class_names  # written into label TIFFs (engine.write_labels)
+    steps = resolve_steps(postprocess, model.config.get("postprocess"))
+    if steps:
+        result.labels = postprocess_labels(result.labels, steps, class_names=model.class_names)
     if probabilities:
         result.probabilities = like(probs, img, channel_dim="ch", name=f"{img.name or 'image'}-probabilities")
         result.probabilities = result.probabilities.assign_coords(ch=model.class_names)
@@ -219,6 +237,8 @@ def predict_file(
     batch: int | None = None,
     device: str | None = "auto",
     tta: bool = False,
+    precision: str | Precision = "auto",
+    postprocess: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Segment an image file into a label TIFF (and a probability TIFF), streaming through disk.
@@ -228,18 +248,28 @@ def predict_file(
     the input's calibration); probabilities (float32, one channel per class) only when
     ``probabilities_path`` is given, written the same way. Memory holds one slab of tiles, not the
     volume. Outputs appear only when complete (written under temporary names). A time series is
-    segmented in memory. Returns a summary dict (paths, shape, dims, class voxel counts).
+    segmented in memory. ``postprocess``: steps applied to the finished labels before they get their name
+    (default: the model's stored ones, "none": none). Returns a summary dict (paths, shape, dims, class
+    voxel counts).
     """
     from .fileutil import atomic_path, refuse_overwriting
     from .io import TiffPlaneWriter, glasbey_lut, read_image, write_image, write_labels
 
     refuse_overwriting({"the labels output": labels_path, "the probabilities output": probabilities_path},
                        {"the input image": input_path})
+    check_precision(precision if isinstance(precision, str) else precision.name)
     model = load_model(model, device=device)
+    precision = as_precision(precision, model.device)
+    steps = resolve_steps(postprocess, model.config.get("postprocess"))
+    if steps:  # labels predicted into a hidden temporary file, post-processed into labels_path
+        return predict_file_postprocessed(model, input_path, labels_path, steps, probabilities_path=probabilities_path,
+                                          axes=axes, tile=tile, overlap=overlap, blend=blend, batch=batch, tta=tta,
+                                          precision=precision, progress=progress)
     img = read_image(input_path, axes=axes, mmap=True)
     run = dict(tile=tile, overlap=overlap, blend=blend, batch=batch, tta=tta, progress=progress)
     if "t" in img.dims:
-        result = predict(model, img, probabilities=probabilities_path is not None, **run)
+        result = predict(model, img, probabilities=probabilities_path is not None, precision=precision,
+                         postprocess="none", **run)
         write_labels(labels_path, result.labels)
         if probabilities_path is not None:
             write_image(probabilities_path, result.probabilities)
@@ -249,15 +279,15 @@ def predict_file(
     calibration = dict(spacing=img.attrs.get("spacing"), unit=img.attrs.get("unit"))
     with ExitStack() as stack:
         target = stack.enter_context(atomic_path(labels_path))
-        labels = stack.enter_context(TiffPlaneWriter(target, dims, spatial, label_dtype(classes),
-                                                     lut=glasbey_lut(), **calibration))
+        labels = stack.enter_context(TiffPlaneWriter(target, dims, spatial, label_dtype(classes), lut=glasbey_lut(),
+                                                     class_names=model.class_names, **calibration))
         probs = None
         if probabilities_path is not None:
             target = stack.enter_context(atomic_path(probabilities_path))
             probs = stack.enter_context(TiffPlaneWriter(target, ("ch", *dims), (classes, *spatial), np.float32,
                                                         **calibration))
         sink = LabelFileSink(dims, classes, labels, probs)
-        _probabilities(model, pixels, out=sink, **run)
+        _probabilities(model, pixels, out=sink, precision=precision, **run)
     return {
         "labels": str(labels_path),
         "probabilities": str(probabilities_path) if probabilities_path else None,

@@ -1,9 +1,10 @@
 """Training: a short, explicit epoch loop with checkpoints, resume, validation and history.
 
 ``train(config)`` prepares a run (:func:`prepare`: data, network, normalization, sampler, loss,
-optimizer, resume), then repeats for ``epochs`` epochs: ``steps_per_epoch`` random-patch training
-steps (:func:`train_epoch`), validation on fixed patches (:func:`evaluate_batches`) and
-:func:`save_epoch`, which updates the model folder ``config.out``, each file atomically:
+optimizer, resume), then repeats for ``epochs`` epochs (or a time budget, :mod:`engine.budget`):
+``steps_per_epoch`` random-patch training steps (:func:`train_epoch`), validation on fixed patches
+(:func:`evaluate_batches`) and :func:`save_epoch`, which updates the model folder ``config.out``, each
+file atomically:
 
 * the weights and ``config.json`` (:func:`engine.model_files.save_model`), every epoch: the weights
   after the last epoch, and the kept weights ("best" on validation, or "last" with ``select="last"``),
@@ -32,8 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .augment import Augmentation
+from .arrays import centre_crop
+from .augment import Augmentation, in_plane_only
 from .axes import DIM_TO_LETTER
+from . import budget as budgets
+from . import ddp
+from .budget import Budget, epoch_limit, format_duration, parse_duration
 from .config import TrainConfig, check_class_names
 from .data import (PatchSampler, Sample, auto_patch, check_classes, label_slabs, load_samples,
                    samples_from_arrays, split_validation)
@@ -44,6 +49,8 @@ from .metrics import Report, confusion_matrix
 from .model_files import FORMAT, load_model, model_config, resolve_device, save_model, versions
 from .networks import SegmentationNetwork, build
 from .normalization import Normalization
+from .precision import Precision, as_precision, configure_device, guard_cpu_bf16, optimizer_step, resolve_precision
+from .prefetch import batch_stream
 from .progress import Progress, ProgressCallback, report
 
 CHECKPOINT = "checkpoint.pt"
@@ -66,13 +73,14 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ pieces
-def lr_factor(schedule: str, step: int, total_steps: int, epoch: int) -> float:
-    """Learning-rate multiplier at global ``step`` (0-based) of ``total_steps``.
+def lr_factor(schedule: str, step: int, total_steps: int | None, epoch: int, elapsed_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier at global ``step`` (0-based) of ``total_steps`` (None: no step limit), or at
+    ``elapsed_fraction`` of a time budget, whichever is further on.
 
-    poly: (1 - step/total)^0.9 (nnU-Net); cosine: half cosine to 0; piecewise: x0.9 every 50 epochs
+    poly: (1 - progress)^0.9 (nnU-Net); cosine: half cosine to 0; piecewise: x0.9 every 50 epochs
     (DeepMIB); constant: 1.
     """
-    progress = min(step / max(total_steps, 1), 1.0)
+    progress = min(max(step / max(total_steps, 1) if total_steps else 0.0, elapsed_fraction), 1.0)
     if schedule == "poly":
         return (1.0 - progress) ** 0.9
     if schedule == "cosine":
@@ -106,21 +114,20 @@ def epoch_scores(confusion: np.ndarray, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}accuracy": result.global_accuracy, f"{prefix}dice": result.mean_foreground_dice}
 
 
-def _centre_crop(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    starts = [(n - s) // 2 for n, s in zip(labels.shape, shape)]
-    return labels[tuple(slice(st, st + s) for st, s in zip(starts, shape))]
-
-
 class Batches:
     """Draws normalized, augmented minibatches as torch tensors from a :class:`PatchSampler`.
 
-    Labels are centre-cropped to ``output_shape`` (smaller than the patch for valid padding).
+    The sampler's crops may be larger than ``patch`` (context for rotations, :meth:`Augmentation.crop`);
+    augmentation (or, without it, a centre crop) gives ``patch``. Labels are then centre-cropped to
+    ``output_shape`` (smaller than the patch for valid padding).
     """
 
     def __init__(self, sampler: PatchSampler, normalization: Normalization, augmentation: Augmentation,
-                 output_shape: Sequence[int]) -> None:
+                 output_shape: Sequence[int], *, patch: Sequence[int] | None = None, in_plane: bool = False) -> None:
         self.sampler, self.augmentation = sampler, augmentation
         self.output_shape = tuple(output_shape)
+        # the network's input patch, centred in the sampler's (possibly larger) crop; in_plane: anisotropic 3D
+        self.patch, self.in_plane = tuple(patch or sampler.patch), in_plane
         self.normalization = normalization
 
     @property
@@ -134,16 +141,19 @@ class Batches:
         self._per_sample = [value.image_statistics(s.image) for s in self.sampler.samples]
 
     def draw(self, batch: int, rng: np.random.Generator, *, augment: bool = True) -> Batch:
+        """``batch`` patches and labels; augmented as a whole batch (:meth:`Augmentation.batch`)."""
         images, labels = [], []
         for _ in range(batch):
             index = self.sampler.pick(rng)
             image, label = self.sampler.sample_from(index, rng)
-            image = self._per_sample[index].apply(image)
-            if augment:
-                image, label = self.augmentation(image, label, rng)
-            images.append(image)
-            labels.append(_centre_crop(label, self.output_shape))
-        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
+            images.append(self._per_sample[index].apply(image))
+            labels.append(label)
+        x, y = torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
+        if augment:
+            x, y = self.augmentation.batch(x, y, rng, shape=self.patch, in_plane=self.in_plane)
+        else:
+            x, y = centre_crop(x, self.patch), centre_crop(y, self.patch)
+        return x.contiguous(), centre_crop(y, self.output_shape).contiguous()
 
 
 # ------------------------------------------------------------------------------------ output folder
@@ -188,18 +198,37 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     start_epoch: int = 0
+    budget: Budget = field(default_factory=lambda: Budget(None, budgets.now()))
+    _precision: Precision | None = field(default=None, repr=False)
+    _scaler: Any = field(default=None, repr=False)
+    module: torch.nn.Module | None = field(default=None, repr=False)  # DistributedDataParallel(network) (engine.ddp)
 
     @property
     def out(self) -> Path:
         return Path(self.config.out)
 
     @property
-    def total_steps(self) -> int:
-        return self.steps * self.config.epochs
+    def total_steps(self) -> int | None:
+        """Steps of all epochs; None when only a time budget limits the run."""
+        return None if self.epoch_limit is None else self.steps * self.epoch_limit
 
     @property
-    def use_amp(self) -> bool:
-        return bool(self.config.amp and self.device.type == "cuda")
+    def epoch_limit(self) -> int | None:
+        """The largest number of epochs (:func:`engine.budget.epoch_limit`); None: only the time budget."""
+        return epoch_limit(self.config.epochs, self.config.time_budget)
+
+    @property
+    def precision(self) -> Precision:
+        """The forward pass's precision (:func:`engine.precision.resolve_precision` of ``config.precision``)."""
+        if self._precision is None or self._precision.device_type != self.device.type:
+            self._precision = resolve_precision(self.config.precision, self.device)
+            self._scaler = self._precision.grad_scaler()
+        return self._precision
+
+    @property
+    def use_amp(self) -> Precision:
+        """:attr:`precision`, which is truthy when autocast is on (this was a bool before ``precision``)."""
+        return self.precision
 
 
 def resolve_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -226,11 +255,13 @@ def prepare(config: TrainConfig, images: Any = None, labels: Any = None, masks: 
     classes = check_classes(samples, config.classes)
     if config.class_names:
         check_class_names(config.class_names, classes, counted=config.classes is None)
+    config, plan = resolve_network(config, samples, classes)
     torch.manual_seed(config.seed)  # before building: weight initialisation must be reproducible
     random.seed(config.seed)
     network = build(config.network, in_channels=_channels(samples), classes=classes, **config.network_options)
     patch = training_patch(config, network, samples)
-    config = config.replace(patch=list(patch), batch=config.batch or (4 if network.spatial_dims == 2 else 2))
+    default_batch = (4 if network.spatial_dims == 2 else 2) * ddp.world_size()  # per process, times the processes
+    config = config.replace(patch=list(patch), batch=config.batch or default_batch)
     train_samples, val_samples = split_validation(samples, config.validation_fraction, config.seed)
     batches = _batches(config, network, patch, train_samples)
     loss_fn = SegmentationLoss(config.loss, classes=classes, weights=_class_weights(config, classes, train_samples),
@@ -246,7 +277,29 @@ def prepare(config: TrainConfig, images: Any = None, labels: Any = None, masks: 
     run.validation = _validation_batches(batches, val_samples, patch, config.batch, config.seed,
                                          int(getattr(network, "z_context", 1)), config.foreground_oversampling)
     run.model_config = _model_config(run, samples, val_samples, transfer)
+    if plan is not None:
+        run.model_config["plan"] = plan.to_dict()  # config.json: why this network, patch and batch
     return run
+
+
+def resolve_network(config: TrainConfig, samples: Sequence[Sample], classes: int) -> tuple[TrainConfig, Any]:
+    """``network="auto"``: network, options, patch and batch from :func:`engine.plan.make_plan` for these data on
+    this device (options, patch and batch given by the user win). A resumed run takes its checkpoint's choices;
+    with several processes, rank 0 plans and the others follow. Returns the config and the plan (or None)."""
+    if config.network != "auto":
+        return config, None
+    if config.resume:
+        saved = load_checkpoint(config.resume)["config"]
+        return config.replace(network=saved["network"], network_options=saved["network_options"],
+                              patch=config.patch or saved["patch"]), None
+    from .plan import make_plan
+
+    plan = ddp.on_main_then_shared(lambda: make_plan(samples, device=config.device, classes=classes,
+                                                     batch=config.batch and max(1, config.batch // ddp.world_size()),
+                                                     precision=config.precision))
+    return config.replace(network=plan.network, network_options={**plan.network_options, **config.network_options},
+                          patch=config.patch or list(plan.patch),
+                          batch=config.batch or plan.batch * ddp.world_size()), plan
 
 
 def _load_training_samples(config: TrainConfig, images: Any, labels: Any, masks: Any) -> list[Sample]:
@@ -295,9 +348,11 @@ def training_patch(config: TrainConfig, network: SegmentationNetwork, samples: S
 def _batches(config: TrainConfig, network: SegmentationNetwork, patch: tuple[int, ...],
              train_samples: list[Sample]) -> Batches:
     normalization = Normalization(config.normalization).fit(s.image for s in train_samples)
-    sampler = PatchSampler(train_samples, patch, foreground=config.foreground_oversampling,
+    augmentation = Augmentation.from_config(config.augmentation)
+    in_plane = in_plane_only([train_samples[0].spacing.get(d, 1.0) for d in train_samples[0].dims[-3:]], patch)
+    sampler = PatchSampler(train_samples, augmentation.crop(patch, in_plane), foreground=config.foreground_oversampling,
                            z_context=int(getattr(network, "z_context", 1)), seed=config.seed)
-    return Batches(sampler, normalization, Augmentation(**config.augmentation), network.output_shape(patch))
+    return Batches(sampler, normalization, augmentation, network.output_shape(patch), patch=patch, in_plane=in_plane)
 
 
 def class_counts(samples: Sequence[Sample], classes: int) -> np.ndarray:
@@ -398,7 +453,7 @@ def restore_checkpoint(run: Run, source: str | Path) -> None:
     run.batches.normalization = Normalization.from_dict(state["normalization"])
     _restore_rng(run.rng, state["rng"])
     run.start_epoch, run.history, run.best = int(state["epoch"]), list(state["history"]), state.get("best")
-    if run.start_epoch >= run.config.epochs:
+    if run.epoch_limit is not None and run.start_epoch >= run.epoch_limit:
         raise InputError(f"checkpoint already finished {run.start_epoch} epochs; set epochs > {run.start_epoch} to continue")
 
 
@@ -442,14 +497,12 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, where: str = "in a tr
 
     ``where`` ("at epoch 3 step 7") goes into the error raised when the loss is not finite."""
     run.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_amp):
-        logits = run.network(x)
+    with run.precision.autocast():
+        logits = (run.network if run.module is None else run.module)(x)
     loss = run.loss_fn(logits.float(), y)
     if not torch.isfinite(loss):
         raise InputError(f"training diverged {where} (loss {float(loss)}); lower the learning rate (lr={run.config.lr})")
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(run.network.parameters(), 12.0)
-    run.optimizer.step()
+    optimizer_step(loss, run.optimizer, run.network.parameters(), 12.0, run._scaler)
     return loss.detach(), logits.detach()
 
 
@@ -460,37 +513,49 @@ def train_epoch(run: Run, epoch: int, progress: ProgressCallback | None) -> dict
     confusion = np.zeros((run.classes, run.classes), dtype=np.int64)
     losses: list[float] = []
     lr = run.config.lr
-    for step in range(run.steps):
-        global_step = epoch * run.steps + step
-        lr = run.config.lr * lr_factor(run.config.schedule, global_step, run.total_steps, epoch)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        x, y = run.batches.draw(run.config.batch, run.rng)
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-        loss, logits = train_step(run, x, y, where=f"at epoch {epoch + 1} step {step + 1}")
-        losses.append(float(loss))
-        confusion += batch_confusion(logits, y, run.classes)
-        report(progress, Progress("train", global_step + 1, run.total_steps, f"epoch {epoch + 1}/{run.config.epochs}",
-                                  {"loss": float(np.mean(losses)), "epoch": epoch + 1}))
+    configure_device(run.device)
+    if run.precision == Precision("bf16", "cpu"):
+        guard_cpu_bf16(run.network)
+    # The epoch's batches are drawn in a background thread (engine.prefetch), in order, with run.rng.
+    with batch_stream(lambda: run.batches.draw(run.config.batch, run.rng), run.steps, run.device) as stream:
+        for step, (x, y) in enumerate(stream):
+            if not run.budget.step_allowed():  # a time budget: stop where one more step would not fit
+                break
+            global_step = epoch * run.steps + step
+            lr = run.config.lr * lr_factor(run.config.schedule, global_step, run.total_steps, epoch,
+                                           run.budget.fraction())
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+            loss, logits = train_step(run, x, y, where=f"at epoch {epoch + 1} step {step + 1}")
+            losses.append(float(loss))
+            confusion += batch_confusion(logits, y, run.classes)
+            report(progress, step_progress(run, global_step, epoch, float(np.mean(losses))))
     return {"epoch": epoch + 1, "loss": float(np.mean(losses)), **epoch_scores(confusion), "lr": lr,
             "seconds": round(time.perf_counter() - began, 3)}
 
 
-def validation_due(run: Run, epoch: int) -> bool:
-    """Whether epoch ``epoch`` (0-based) is validated: every ``validation_every`` epochs and the last."""
-    return bool(run.validation) and ((epoch + 1) % run.config.validation_every == 0 or epoch + 1 == run.config.epochs)
+def validation_due(run: Run, epoch: int, last: bool | None = None) -> bool:
+    """Whether epoch ``epoch`` (0-based) is validated: the last epoch always (``last``: None = the epoch limit
+    says); others every ``validation_every`` epochs and, with a time budget, only while validation stays
+    within its share of the time (:meth:`engine.budget.Budget.validation_affordable`)."""
+    if not run.validation:
+        return False
+    if last is None:
+        last = run.epoch_limit is not None and epoch + 1 >= run.epoch_limit
+    return last or ((epoch + 1) % run.config.validation_every == 0 and run.budget.validation_affordable())
 
 
 @torch.no_grad()
 def evaluate_batches(network: SegmentationNetwork, batches: list[Batch], loss_fn: SegmentationLoss,
-                     classes: int, device: torch.device, use_amp: bool) -> dict[str, float]:
+                     classes: int, device: torch.device, use_amp: bool | Precision) -> dict[str, float]:
     """Validation loss, accuracy and foreground Dice over fixed patches."""
     network.eval()
     confusion = np.zeros((classes, classes), dtype=np.int64)
     total, count = 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with as_precision(use_amp, device).autocast():  # use_amp: a Precision, or True for "auto"
             logits = network(x)
         total += float(loss_fn(logits.float(), y)) * len(x)
         count += len(x)
@@ -511,6 +576,8 @@ def record_epoch(run: Run, row: dict[str, Any]) -> bool:
 
 def save_epoch(run: Run, improved: bool) -> None:
     """Update the model folder after an epoch: weights and ``config.json``, history, configuration, checkpoint."""
+    if not ddp.is_main():  # distributed: rank 0 writes the folder
+        return
     row = run.history[-1]
     run.model_config["training"].update({"epochs": row["epoch"], "steps_per_epoch": run.steps, "final": row,
                                          "best": run.best, "selected": run.config.select, "versions": versions()})
@@ -576,15 +643,105 @@ def train(
 
     ``images``/``labels``/``masks`` may be given as in-memory arrays (a DataArray, or numpy with
     ``axes`` in the config; or lists of them) instead of the paths in ``config``. ``progress``
-    receives a :class:`Progress` after every step ("train") and validation ("validate"); returning
-    ``False`` cancels (the last finished epoch stays saved and can be resumed). ``config.out`` must
-    be a new or empty folder or a deepseg model folder (InputError otherwise, before anything is written).
+    receives a :class:`Progress` after every step ("train"), validation ("validate") and saved epoch
+    ("epoch": the history row plus ``eta`` in seconds); returning ``False`` cancels (the last finished
+    epoch stays saved and can be resumed). ``config.out`` must be a new or empty folder or a deepseg
+    model folder (InputError otherwise, before anything is written).
+
+    ``time_budget`` (``--time 10m``) trains for that wall-clock time from this call on
+    (:mod:`engine.budget`): the learning-rate schedule follows the elapsed training time, validation
+    is scheduled to take at most about 10 % of it and always closes the run, the last step ends within
+    the budget (one step over at most). With ``epochs`` as well, whichever ends first. Every history row
+    records ``steps`` and ``elapsed`` (seconds since the start, resumed runs included).
     """
-    run = prepare(resolve_config(config, overrides), images, labels, masks)
-    for epoch in range(run.start_epoch, run.config.epochs):
+    started = budgets.now()  # a time budget counts from here: loading the data is part of the time
+    config = resolve_config(config, overrides)
+    if ddp.wants_launch(config):  # gpus=N: N processes (engine.ddp)
+        return ddp.launch(config, images, labels, masks, progress)
+    config, progress = ddp.join(config), ddp.main_only(progress)
+    if config.epochs is None and config.time_budget is None:
+        config = config.replace(epochs=epoch_limit(None, None))
+    run = prepare(config, images, labels, masks)
+    run.budget = start_budget(run, started)
+    ddp.adapt(run)
+    epoch = run.start_epoch
+    while True:
+        run.budget.begin_epoch()
         row = train_epoch(run, epoch, progress)
-        if validation_due(run, epoch):
-            row.update(evaluate_batches(run.network, run.validation, run.loss_fn, run.classes, run.device, run.use_amp))
-            report(progress, Progress("validate", epoch + 1, run.config.epochs, "", row))
+        ddp.average_metrics(row)
+        run.budget.end_epoch()
+        row["steps"] = run.budget.epoch_steps
+        if run.budget.needs_probe():
+            _probe_validation(run)
+        last = ((run.epoch_limit is not None and epoch + 1 >= run.epoch_limit) or run.budget.out_of_time()
+                or run.budget.epoch_steps < run.steps)
+        if validation_due(run, epoch, last):
+            _validate(run, row, progress)
+        row["elapsed"] = round(run.budget.elapsed(), 3)
+        began = run.budget.clock()
         save_epoch(run, record_epoch(run, row))
+        run.budget.saved(run.budget.clock() - began)
+        report(progress, epoch_progress(run, row, last))
+        if last:
+            break
+        epoch += 1
+    ddp.barrier()
     return TrainResult(run.out, run.history, dict(run.history[-1]) if run.history else {}, run.network)
+
+
+def start_budget(run: Run, started: float) -> Budget:
+    """The run's clock (:class:`engine.budget.Budget`), counting the time of the run it resumes."""
+    seconds = None if run.config.time_budget is None else parse_duration(run.config.time_budget)
+    already = float(run.history[-1].get("elapsed", 0.0)) if run.history else 0.0
+    if seconds is not None and already >= seconds:
+        raise InputError(f"checkpoint already trained for {format_duration(already)} of "
+                         f"time={run.config.time_budget!r}; set a longer time to continue")
+    return Budget(seconds, started, already=already, validation_batches=len(run.validation))
+
+
+def _validate(run: Run, row: dict[str, Any], progress: ProgressCallback | None) -> None:
+    """Validate into ``row``, timing it for the budget's validation schedule."""
+    began = run.budget.clock()
+    row.update(evaluate_batches(run.network, run.validation, run.loss_fn, run.classes, run.device, run.use_amp))
+    run.budget.validated(run.budget.clock() - began)
+    report(progress, Progress("validate", row["epoch"], run.epoch_limit or row["epoch"], "", row))
+
+
+def _probe_validation(run: Run) -> None:
+    """Time one validation batch: the budget's estimate of a whole validation before it schedules one."""
+    began = run.budget.clock()
+    evaluate_batches(run.network, run.validation[:1], run.loss_fn, run.classes, run.device, run.use_amp)
+    run.budget.probed(run.budget.clock() - began)
+
+
+def _progress_so_far(run: Run, done: float) -> tuple[float | None, float]:
+    """(fraction of the epoch limit reached with ``done`` epochs, the fraction at the run's start); None: no limit."""
+    limit = run.epoch_limit
+    return (done / limit, run.start_epoch / limit) if limit else (None, 0.0)
+
+
+def step_progress(run: Run, global_step: int, epoch: int, loss: float) -> Progress:
+    """The "train" progress after ``global_step``: steps of all epochs; with a time budget, seconds of it
+    (or the steps' share of them, whichever is further on). Metrics: mean loss, epoch, ETA (seconds)."""
+    limit = run.epoch_limit
+    fraction, at_start = _progress_so_far(run, (global_step + 1) / run.steps)
+    metrics: dict[str, Any] = {"loss": loss, "epoch": epoch + 1}
+    eta = run.budget.eta(fraction, at_start)
+    if eta is not None:
+        metrics["eta"] = eta
+    message = f"epoch {epoch + 1}/{limit}" if limit else f"epoch {epoch + 1}"
+    if run.budget.seconds is None:
+        return Progress("train", global_step + 1, int(run.total_steps or 0), message, metrics)
+    total = math.ceil(run.budget.seconds)
+    done = min(total, int(total * max(run.budget.fraction(), fraction or 0.0)))
+    return Progress("train", done, total, message, metrics)
+
+
+def epoch_progress(run: Run, row: dict[str, Any], last: bool) -> Progress:
+    """The "epoch" progress after an epoch is saved: its history row plus ``eta`` (seconds); ``total`` is
+    the epoch limit (0: only a time budget)."""
+    fraction, at_start = _progress_so_far(run, row["epoch"])
+    eta = 0.0 if last else run.budget.eta(fraction, at_start)
+    budget = run.budget.seconds
+    message = "" if budget is None else f"{format_duration(row['elapsed'])} of {format_duration(budget)}"
+    return Progress("epoch", row["epoch"], run.epoch_limit or 0, message, {**row, "eta": eta})

@@ -85,7 +85,8 @@ def spec(command: str) -> CommandSpec:
                            tuple(declared_option(d) for d in train_options() if d.key))
     if command == EVALUATE:
         return CommandSpec(EVALUATE, "Compare predicted label images with the ground truth; shows the metrics "
-                           "in the Results table (one row per image, plus 'all' for folders).", (
+                           "in the Results table (one row per image, plus 'all' for folders), with the BF score, "
+                           "Hausdorff 95 and average symmetric surface distance per class in the image's unit.", (
             Option("prediction", "image", "", "predicted labels: an open image, a file or a folder",
                    label="Prediction"),
             Option("truth", "image", "", "ground-truth labels: an open image, a file or a folder", label="Truth",
@@ -94,6 +95,9 @@ def spec(command: str) -> CommandSpec:
                    minimum=1, auto="auto"),
             Option("ignore", "int", -1, "truth label to leave out (-1: none)", label="Ignore label", minimum=-1),
             Option("names", "string", "", "class names, comma-separated, background first", label="Names of classes"),
+            Option("tolerance", "string", "0.75%", "BF score tolerance: a distance in the image's unit (2.5), in "
+                   "pixels (3px) or in percent of the image diagonal (0.75%, DeepMIB's default)",
+                   label="Tolerance (BF score)"),
             Option("csv", "file", "", "also save per-class metrics to this CSV file", label="CSV file"),
         ))
     if command == MODEL_INFO:
@@ -370,11 +374,15 @@ class CommandRunner:
             "labels": None if in_memory or labels is None else str(labels),
             "out": str(Path(values["out"]).expanduser()),
         })
+        from .training_plot import TrainingPlot
+
+        plot = TrainingPlot(self.session, f"DeepSeg training: {Path(config.out).name}")  # live curves, ETA
         trained = train(config, images=[images] if in_memory else None, labels=[labels] if in_memory else None,
-                        progress=self.progress(TRAIN))
+                        progress=plot.hook(self.progress(TRAIN)))
         rows = [{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in trained.history]
         self.show_table(rows, result)
-        result.info = {"model_dir": str(trained.model_dir), "final_metrics": trained.final_metrics}
+        result.info = {"model_dir": str(trained.model_dir), "final_metrics": trained.final_metrics,
+                       "plot": plot.title if plot.window is not None else None}
         self.session.IJ.log(f"{TRAIN.rstrip('.')}: model saved to {trained.model_dir}")
 
     def evaluate(self, values: dict[str, Any], result: "CommandResult") -> None:
@@ -396,7 +404,8 @@ class CommandRunner:
         refuse_overwriting({"csv": csv}, inputs)
         names = [n.strip() for n in values["names"].split(",") if n.strip()] or None
         kwargs = dict(classes=values["classes"] or None, ignore_label=None if values["ignore"] < 0 else values["ignore"],
-                      class_names=names, progress=self.progress(EVALUATE))
+                      class_names=names, progress=self.progress(EVALUATE),
+                      tolerance=values["tolerance"].strip() or None)
         folders = [isinstance(v, Path) and v.is_dir() for v in (prediction, truth)]
         if folders[0] != folders[1]:
             raise InputError("prediction and truth must both be folders, or both single images")
