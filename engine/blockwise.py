@@ -280,6 +280,7 @@ def predict_zarr(
     block: Sequence[int] | None = None,
     device: str = "auto",
     tta: bool = False,
+    precision: str = "auto",
     cluster: Any = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
@@ -293,7 +294,8 @@ def predict_zarr(
     ``probabilities_dtype`` (float32, float16, or uint8 = round(p * 255)). ``block``: block size (planes,
     or one size per spatial axis). ``cluster``: None (this process), ``"local:N"`` (a Dask LocalCluster
     of N single-threaded worker processes), a scheduler address ``"tcp://host:8786"``, or a
-    ``distributed.Client``. An interrupted run is resumed by calling again with the same arguments;
+    ``distributed.Client``. ``precision``: the network's arithmetic (see :func:`engine.predict`), resolved on each
+    worker's device. An interrupted run is resumed by calling again with the same arguments;
     other models or options on an unfinished output are refused (``overwrite=True`` starts afresh).
     Returns a summary: paths, shape, block counts (``computed``, ``already_finished``), class voxel counts.
     """
@@ -306,10 +308,13 @@ def predict_zarr(
     probs = plan_probabilities(probabilities) if probabilities is not None else None
     refuse_overwriting({"the labels output": out.group or out.array,
                         "the probabilities output": probs.path if probs else None}, {"the input image": source})
+    from .precision import check_precision
+
     model = load_model(model, device=device)
     _check_volume(model, volume)
     plan = _make_plan(model, volume, out, probs, probabilities_dtype, dict(
-        tile=tuple(tile) if tile else None, overlap=overlap, blend=blend, batch=batch, tta=tta), block, device)
+        tile=tuple(tile) if tile else None, overlap=overlap, blend=blend, batch=batch, tta=tta,
+        precision=check_precision(precision)), block, device)
     complete = _prepare_output(plan, out, probs, volume, model, overwrite)
     finished = set(range(len(plan.regions))) if complete else plan.finished()
     todo = [i for i in range(len(plan.regions)) if i not in finished]

@@ -142,7 +142,7 @@ def _predict_blockwise(args: argparse.Namespace) -> int:
                                probabilities_dtype=args.probabilities_dtype, label_name=args.label_name,
                                axes=args.axes, tile=args.tile, overlap=args.overlap, blend=args.blend,
                                batch=args.batch, block=args.block, device=args.device, tta=args.tta,
-                               cluster=args.cluster, overwrite=args.overwrite, progress=bar)
+                               precision=args.precision, cluster=args.cluster, overwrite=args.overwrite, progress=bar)
     finally:
         bar.close()
     counts = ", ".join(f"{k}: {v}" for k, v in (summary.get("class_voxels") or {}).items())
@@ -179,8 +179,6 @@ def _predict(args: argparse.Namespace) -> int:
 
             warnings.warn(f"the model's default post-processing ({stored}) is not applied to zarr outputs: run "
                           "`deepseg postprocess` on the result")
-        if args.precision != "auto":
-            raise DeepSegError("--precision applies to TIFF outputs; zarr / cluster prediction uses auto precision")
         return _predict_blockwise(args)
     if args.block or args.probabilities_dtype != "float32":
         raise DeepSegError("--block and --probabilities-dtype apply to zarr / OME-Zarr outputs (*.zarr, *.ome.zarr)")

@@ -42,6 +42,8 @@ _DEVICE = Option("device", "string", "auto", "where to compute: auto, cpu, cuda,
 def spec(command: str) -> CommandSpec:
     """The option spec of ``command`` (built on first use: the choices come from the engine)."""
     if command == PREDICT:
+        from engine.precision import PRECISIONS
+
         return CommandSpec(PREDICT, "Segment an image with a trained model; shows the label image "
                            "(and/or class probabilities) as new images. A file (or a virtual stack opened from "
                            "one) is streamed, never held in memory, into out= and shown as a virtual stack; "
@@ -68,6 +70,8 @@ def spec(command: str) -> CommandSpec:
                    "temporary TIFF)", label="Out (labels file)"),
             Option("cluster", "string", "", "run the blocks on Dask: local:N or a scheduler address such as "
                    "tcp://host:8786; needs a zarr out (empty: this process)", label="Cluster (Dask)"),
+            Option("precision", "choice", "auto", "the network's arithmetic: auto (bf16 where the CPU/GPU does it "
+                   "natively), bf16, fp16 (CUDA) or fp32", label="Precision", choices=PRECISIONS),
         ))
     if command == POSTPROCESS:
         from .command_postprocess import postprocess_spec
@@ -504,7 +508,7 @@ def train_values(config: Any) -> dict[str, Any]:
 def _predict_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The tiling options of ``DeepSeg Predict...`` as the engine's prediction functions take them."""
     return dict(tile=values["tile"], overlap=values["overlap"], blend=values["blend"], batch=values["batch"] or None,
-                tta=values["tta"])
+                tta=values["tta"], precision=values["precision"])
 
 
 def _file_behind(imp: Any) -> Path | None:

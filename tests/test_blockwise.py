@@ -212,3 +212,21 @@ def test_sigkill_after_three_blocks_then_the_same_command_finishes_bit_identical
 @pytest.mark.parametrize("after_blocks", [1, 5, None], ids=["after1", "after5", "random-early"])
 def test_sigkill_at_other_moments_then_resume(tmp_path, unet3d, uninterrupted, after_blocks):
     _check_resumed(tmp_path, unet3d, uninterrupted, after_blocks, delay=random.uniform(0.2, 3.0))
+
+
+def test_precision_reaches_the_blocks(tmp_path, data):
+    """precision="fp32" blocks equal the in-memory fp32 prediction, bf16 blocks differ slightly from them; a bad
+    precision is refused before anything is written."""
+    model = random_model(tmp_path / "unet2d", network="unet2d", patch=(32, 32), seed=3)
+    tif = write_tiff(tmp_path / "stack.tif", data)
+    for precision in ("fp32", "bf16"):
+        predict_zarr(model, tif, tmp_path / f"{precision}.zarr", probabilities=tmp_path / f"{precision}_p.zarr",
+                     block=(5,), device="cpu", precision=precision)
+    reference = predict(model, data, axes="ZYX", probabilities=True, device="cpu", precision="fp32")
+    assert_same_prediction(zarr.open_array(str(tmp_path / "fp32.zarr"))[:],
+                           zarr.open_array(str(tmp_path / "fp32_p.zarr"))[:], reference)
+    fp32, bf16 = (zarr.open_array(str(tmp_path / f"{p}_p.zarr"))[:] for p in ("fp32", "bf16"))
+    assert 1e-6 < np.abs(fp32 - bf16).max() < 0.1  # bf16 arithmetic really used, close to fp32
+    with pytest.raises(InputError, match="precision"):
+        predict_zarr(model, tif, tmp_path / "bad.zarr", block=(5,), device="cpu", precision="fp64")
+    assert not (tmp_path / "bad.zarr").exists()

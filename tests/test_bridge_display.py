@@ -31,7 +31,7 @@ def test_recorded_predict_replayed_headless_equals_deepseg_predict(ij, tiny_mode
     assert recorded["dialog_labels"][:4] == ["Model folder", "Image", "or path", "Tile size"]
     line = recorded["recorded"].strip()
     assert line == (f'run("DeepSeg Predict...", "model={model} image=blob.tif tile=32 overlap=0.25 '
-                    'blend=gaussian output=labels batch=auto device=auto out=[] cluster=[]");')
+                    'blend=gaussian output=labels batch=auto device=auto out=[] cluster=[] precision=auto");')
     assert not Path(f"/tmp/.X11-unix/X{recorded['display'][1:]}").exists()  # Xvfb ended with Python
 
     replayed = tmp_path / "replayed.tif"

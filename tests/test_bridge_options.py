@@ -88,7 +88,7 @@ def test_format_writes_what_the_recorder_writes():
     spec = commands.spec(commands.PREDICT)
     text = spec.format({"model": "/my models/m", "tile": (64, 64), "tta": True})
     assert text == ("model=[/my models/m] image=[] tile=64,64 overlap=0.25 blend=gaussian output=labels batch=auto "
-                    "tta device=auto out=[] cluster=[]")
+                    "tta device=auto out=[] cluster=[] precision=auto")
     assert spec.parse(text)["model"] == "/my models/m"
 
 
