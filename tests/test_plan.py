@@ -13,7 +13,7 @@ import torch
 from engine.cli import main
 from engine.errors import InputError
 from engine.networks import build
-from engine.plan import (DeviceProfile, Fingerprint, Plan, fingerprint, load_plan, make_plan, receptive_field,
+from engine.plan import (DeviceProfile, Fingerprint, fingerprint, load_plan, make_plan, receptive_field,
                          step_flops)
 
 SLOW_CPU = DeviceProfile("cpu", 2, 5e9)
@@ -173,8 +173,8 @@ def test_train_with_network_auto_follows_and_saves_the_plan(tmp_path, monkeypatc
           resume=str(tmp_path / "auto"))
     assert _train_config(tmp_path / "auto")["network_options"] == before  # not the fast machine's plan
     assert len(result.history) == 1
-    explicit = train(images=images, labels=labels, out=str(tmp_path / "explicit"), epochs=1, steps_per_epoch=1,
-                     network="unet2d", network_options={"depth": 2, "filters": 4}, patch=32)
+    train(images=images, labels=labels, out=str(tmp_path / "explicit"), epochs=1, steps_per_epoch=1,
+          network="unet2d", network_options={"depth": 2, "filters": 4}, patch=32)
     assert "plan" not in json.loads((tmp_path / "explicit" / "config.json").read_text())
 
 
