@@ -192,3 +192,17 @@ def configure_device(device: torch.device | str) -> None:
     """Device-wide settings for speed: cuDNN's autotuner on CUDA (fixed patch shapes benefit)."""
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def channels_last(network: torch.nn.Module) -> torch.nn.Module:
+    """Store the network's weights channels-last (NHWC / NDHWC), in place; returns ``network``.
+
+    oneDNN (CPU) and cuDNN pick their fast convolution kernels for this layout, and activations follow the
+    weights' layout. Measured on this 2-core CPU, 1 thread: bf16 inference 35 % (2D U-Net, 4x256²) and 24 %
+    (3D U-Net, 32x128²) faster, fp32 inference 37 % / 13 %, bf16 training 18 % / 15 %. Values are unchanged
+    (weights are saved contiguous: :func:`engine.model_files.save_model`).
+    """
+    layout = {2: torch.channels_last, 3: torch.channels_last_3d}.get(int(getattr(network, "spatial_dims", 0)))
+    if layout is None or not isinstance(network, torch.nn.Module):  # e.g. an ONNX session
+        return network
+    return network.to(memory_format=layout)

@@ -23,7 +23,7 @@ from .errors import InputError
 from .model_files import LoadedModel, load_model
 from .options import checked_keywords
 from .postprocess import postprocess as postprocess_labels, predict_file_postprocessed, resolve_steps
-from .precision import Precision, as_precision, check_precision, configure_device
+from .precision import Precision, as_precision, channels_last, check_precision, configure_device
 from .progress import Progress, ProgressCallback, report
 from .tiling import ArraySink, TileSink, predict_tiled
 
@@ -67,7 +67,7 @@ def make_predictor(model: LoadedModel, tta: bool = False,
     """Network + softmax as a callable for :func:`engine.tiling.predict_tiled`; ``tta`` averages
     over all mirrorings of the spatial axes (nnU-Net's test-time augmentation: 4x in 2D, 8x in 3D).
     The network runs in ``precision`` (:func:`engine.precision.resolve_precision`); the softmax in fp32."""
-    net, device = model.network, model.device
+    net, device = channels_last(model.network), model.device
     arithmetic = as_precision(precision, device)
     configure_device(device)
     pin = device.type == "cuda"

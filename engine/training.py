@@ -49,7 +49,8 @@ from .metrics import Report, confusion_matrix
 from .model_files import FORMAT, load_model, model_config, resolve_device, save_model, versions
 from .networks import SegmentationNetwork, build
 from .normalization import Normalization
-from .precision import Precision, as_precision, configure_device, guard_cpu_bf16, optimizer_step, resolve_precision
+from .precision import (Precision, as_precision, channels_last, configure_device, guard_cpu_bf16, optimizer_step,
+                        resolve_precision)
 from .prefetch import batch_stream
 from .progress import Progress, ProgressCallback, report
 
@@ -268,7 +269,7 @@ def prepare(config: TrainConfig, images: Any = None, labels: Any = None, masks: 
                                exclude_background=config.exclude_background).to(device)
     rng = np.random.default_rng(config.seed)
     transfer = _init_from(network, config.init_from, config.freeze_encoder) if config.init_from else {}
-    network.to(device)
+    channels_last(network.to(device))  # the fast convolution layout; before the optimizer sees the parameters
     optimizer = make_optimizer(config, [p for p in network.parameters() if p.requires_grad])
     run = Run(config, network, optimizer, loss_fn, batches, rng, device, classes,
               steps=_steps_per_epoch(config, train_samples, patch))
