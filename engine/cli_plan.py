@@ -16,6 +16,8 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-time", type=float, help="CPU target seconds per training step (default 0.25)")
     p.add_argument("--batch", type=int, help="patches per step (default 4 in 2D, 2 in 3D)")
     p.add_argument("--json", help="also write the plan as JSON to this file")
+    p.add_argument("--remeasure", action="store_true", help="forget the step timings remembered for this machine "
+                   "(in the user's cache folder) and measure again")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -29,6 +31,10 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.step_time is not None and args.step_time <= 0:
         raise InputError(f"--step-time {args.step_time}: expected seconds > 0")
     samples = load_samples(args.images, args.labels, axes=args.axes)
+    if args.remeasure:
+        from .plan import forget_timings
+
+        forget_timings()
     plan = make_plan(samples, device=args.device, step_seconds=args.step_time, batch=args.batch)
     print(plan.summary())
     if args.json:

@@ -107,3 +107,11 @@ def refuse_overwriting(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
             if _same_file(out, other):
                 raise InputError(f"{out_name} {str(out)!r} is the same file as {other_name} {str(other)!r}: "
                                  "give each output its own path")
+
+
+def cache_root() -> Path:
+    """Per-user cache folder: ``$DEEPSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/deepseg``, else ``~/.cache/deepseg``."""
+    if os.environ.get("DEEPSEG_CACHE_DIR"):
+        return Path(os.environ["DEEPSEG_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "deepseg"

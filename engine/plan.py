@@ -166,31 +166,78 @@ def _object_extent(samples: Sequence[Any], spatial_dims: int) -> tuple[float, ..
 
 
 # ---------------------------------------------------------------------------------------- device
-_PROFILES: dict[tuple[str, int, int], DeviceProfile] = {}
-
-
 def measure_device(device: str = "auto", spatial_dims: int = 2, precision: str = "auto") -> DeviceProfile:
-    """Time real training steps of a reference U-Net (in the precision training will use); cached per device,
-    thread count, dims and precision."""
+    """The rate of real training steps of a reference U-Net (in the precision training will use), timed once per
+    machine (:func:`remembered_step`)."""
     import torch
 
     from .model_files import resolve_device
 
     resolved = resolve_device(device)
-    threads = torch.get_num_threads()
-    key = (str(resolved), threads, spatial_dims, precision)
-    if key not in _PROFILES:
-        name, patch, batch = (("unet2d", (128, 128), 4) if spatial_dims == 2
-                              else ("unet3d", (32, 64, 64), 2))
-        options = {"depth": 3, "filters": 16, "stem": "double"}
-        flops = step_flops(name, options, patch, batch)
-        seconds = time_step(name, options, patch, batch, resolved, precision=precision)
-        memory = None
-        if resolved.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(resolved)
-            memory = int(free)
-        _PROFILES[key] = DeviceProfile(str(resolved), threads, flops / seconds, memory)
-    return _PROFILES[key]
+    name, patch, batch = (("unet2d", (128, 128), 4) if spatial_dims == 2 else ("unet3d", (32, 64, 64), 2))
+    options = {"depth": 3, "filters": 16, "stem": "double"}
+    seconds = remembered_step(name, options, patch, batch, resolved, precision=precision)
+    memory = None
+    if resolved.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(resolved)
+        memory = int(free)
+    return DeviceProfile(str(resolved), torch.get_num_threads(), _flops(name, options, patch, batch, 1, 2) / seconds,
+                         memory)
+
+
+TIMINGS_FILE = "plan-timings.json"  # in the user's cache folder (engine.fileutil.cache_root)
+
+
+def remembered_step(name: str, options: dict[str, Any], patch: Sequence[int], batch: int, device: Any,
+                    **kw: Any) -> float:
+    """:func:`time_step`, measured once per machine, software and configuration and then read from the user's
+    cache folder: plans repeat on a machine (a recorded macro replays the same training), and a time-budgeted
+    run does not spend its budget measuring again. ``deepseg plan --remeasure`` forgets the timings."""
+    import torch
+
+    from .fileutil import atomic_path, cache_root
+
+    key = "|".join(map(str, (_machine(device), torch.__version__, torch.get_num_threads(), name,
+                             sorted(options.items()), tuple(patch), batch, sorted(kw.items()))))
+    path = cache_root() / TIMINGS_FILE
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = time_step(name, options, patch, batch, device, **kw)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps(table, indent=1) + "\n")
+        except OSError:  # a read-only home: measured again next time
+            pass
+    return float(table[key])
+
+
+def forget_timings() -> None:
+    """Remove the remembered step timings (the next plan measures this machine again)."""
+    from .fileutil import cache_root
+
+    (cache_root() / TIMINGS_FILE).unlink(missing_ok=True)
+
+
+def _machine(device: Any) -> str:
+    """The processor's or GPU's model name, which timings are remembered for."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu:{line.split(':', 1)[1].strip()}x{cpu_count()}"
+    except OSError:
+        pass
+    import platform
+
+    return f"{device.type}:{platform.processor() or platform.machine()}x{cpu_count()}"
 
 
 def time_step(name: str, options: dict[str, Any], patch: Sequence[int], batch: int, device: Any, *,
@@ -337,7 +384,7 @@ def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", ste
     plan = _plan(data, network, profile, batch, classes, step_seconds)
     plan.reasons.insert(0, why)
     if measured and profile.memory_bytes is None:
-        seconds = time_step(plan.network, plan.network_options, plan.patch, batch, profile.device,
+        seconds = remembered_step(plan.network, plan.network_options, plan.patch, batch, profile.device,
                             channels=data.channels, classes=classes, precision=precision, steps=2)
         if not 0.77 < plan.step_seconds / seconds < 1.3:
             rate = plan.step_flops / seconds

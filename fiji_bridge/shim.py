@@ -35,11 +35,10 @@ Handler = Callable[[str, "str | None"], "str | None"]
 
 
 def cache_root() -> Path:
-    """Per-user cache folder: ``$DEEPSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/deepseg``, else ``~/.cache/deepseg``."""
-    if os.environ.get("DEEPSEG_CACHE_DIR"):
-        return Path(os.environ["DEEPSEG_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "deepseg"
+    """Per-user cache folder (:func:`engine.fileutil.cache_root`)."""
+    from engine.fileutil import cache_root as engine_cache_root
+
+    return engine_cache_root()
 
 
 def sources() -> list[Path]:

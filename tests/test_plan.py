@@ -17,6 +17,13 @@ from engine.plan import (DeviceProfile, Fingerprint, fingerprint, load_plan, mak
                          step_flops)
 
 SLOW_CPU = DeviceProfile("cpu", 2, 5e9)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Remembered timings go to this test's own cache folder, and nothing is remembered from before."""
+    monkeypatch.setenv("DEEPSEG_CACHE_DIR", str(tmp_path / "cache"))
+
 FAST_CPU = DeviceProfile("cpu", 2, 1e15)
 
 
@@ -199,3 +206,22 @@ def test_a_plan_is_made_again_when_a_real_step_is_slower_than_estimated(monkeypa
     again = make_plan(data)
     assert again.step_flops < first.step_flops
     assert again.step_seconds <= 0.25 + 1e-9 and any("re-planned" in r for r in again.reasons)
+
+
+def test_timings_are_remembered_per_machine_and_forgotten_on_request(tmp_path, monkeypatch, capsys):
+    """A second plan (a new process: no profile in memory) reads the timings from the cache folder and makes the
+    same plan without timing anything; `deepseg plan --remeasure` measures again."""
+    from engine import plan
+
+    data = Fingerprint(2, (256, 256), (1.0, 1.0), 1, (20.0, 20.0))
+    first = make_plan(data, device="cpu")
+    assert (tmp_path / "cache" / plan.TIMINGS_FILE).is_file()
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed again although remembered")
+
+    monkeypatch.setattr(plan, "time_step", no_timing)
+    assert make_plan(data, device="cpu") == first
+    plan.forget_timings()
+    with pytest.raises(AssertionError, match="timed again"):
+        make_plan(data, device="cpu")

@@ -122,6 +122,8 @@ class UNet(SegmentationNetwork):
     :func:`engine.networks.build` rather than this class directly.
     """
 
+    channels_last_is_fast = True  # engine.precision.channels_last: oneDNN/cuDNN's fast layout for these layers
+
     def __init__(
         self,
         *,
