@@ -156,7 +156,11 @@ class Setup:
     """Network, input and MONAI's weight map for one case, built once per process."""
 
     def __init__(self, case: dict, args: argparse.Namespace, folder: Path) -> None:
+        import copy
+
         import torch
+
+        from engine.precision import channels_last
 
         from engine.tiling import blend_weights
 
@@ -164,11 +168,16 @@ class Setup:
             torch.set_num_threads(args.threads)
         self.shape, self.tile, self.args, self.folder = tuple(case["shape"]), tuple(case["tile"]), args, folder
         self.net = build_network(len(self.shape), filters=args.filters, depth=args.depth, classes=args.classes)
+        # deepseg's prediction keeps U-Net weights channels-last (engine.precision.channels_last); MONAI runs the
+        # network as users build it (the same weights, default layout)
+        self.ours = copy.deepcopy(self.net)
+        channels_last(self.ours[0])
         self.x = make_input(self.shape)
         own = args.monai_weights == "own"
         self.monai_weights = None if own else torch.from_numpy(blend_weights(self.tile).copy())
         with torch.inference_mode():  # warm-up with the usual batch shape, outside the timing
             self.net(torch.zeros((args.batch, 1, *self.tile)))
+            self.ours(torch.zeros((args.batch, 1, *self.tile)))
             self.bf16(torch.zeros((args.batch, 1, *self.tile)))
 
     def bf16(self, x: Any) -> Any:
@@ -179,7 +188,7 @@ class Setup:
         from engine.precision import Precision
 
         with Precision("bf16", "cpu").autocast():
-            logits = self.net[0](x)
+            logits = self.ours[0](x)
         return torch.softmax(logits.float(), dim=1)
 
     def measure(self, method: str) -> tuple[dict, Any]:
@@ -201,7 +210,7 @@ class Setup:
                                              args.overlap, mode="gaussian", roi_weight_map=self.monai_weights)
             y = y[0].numpy()
         else:
-            predictor = self.bf16 if method == "ours-bf16" else self.net
+            predictor = self.bf16 if method == "ours-bf16" else self.ours
             y = predict_tiled(self.x, predictor, tile=self.tile, overlap=args.overlap, blend="gaussian",
                               batch=args.batch, out=sink)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
