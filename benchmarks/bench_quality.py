@@ -203,13 +203,17 @@ def deepseg_network(split: Split) -> tuple[dict[str, Any], str]:
     return {"network": network}, f"network={network} (default {default} is 2D)"
 
 
-def run_deepseg(split: Split, seconds: float, out: Path) -> dict[str, Any]:
-    """Train deepseg with its defaults for ``seconds`` (``time_budget``), segment the held-out part."""
+def run_deepseg(split: Split, seconds: float, out: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train deepseg with its defaults (or ``options``, for ablations) for ``seconds`` (``time_budget``), segment the
+    held-out part."""
     from engine import as_image
     from engine.prediction import predict
     from engine.training import train
 
     overrides, note = deepseg_network(split)
+    if options:
+        overrides.update(options)
+        note = ", ".join(filter(None, [note, " ".join(f"{k}={v}" for k, v in options.items())]))
     spacing = dict(zip(("pln", "row", "col")[-split.dims:], split.spacing))
     masks = None if split.train_mask is None else [split.train_mask]
     began = time.perf_counter()
@@ -330,6 +334,21 @@ def run_monai(split: Split, seconds: float, patch: Sequence[int], batch: int, se
 
 
 # ------------------------------------------------------------------------------------ subprocesses
+def deepseg_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["validation_fraction=0.1", "augmentation=light"]`` -> ``{"validation_fraction": 0.1, "augmentation": "light"}``."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--deepseg {item!r}: expected OPTION=VALUE, e.g. validation_fraction=0.1")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    return options
+
+
+
 def worker(args: argparse.Namespace) -> int:
     """One method on one dataset, in this (fresh) process; writes the result as JSON to ``args.result``."""
     import torch
@@ -338,7 +357,7 @@ def worker(args: argparse.Namespace) -> int:
     split = DATASETS[args.dataset](args.data)
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         if args.worker == "deepseg":
-            result = run_deepseg(split, args.seconds, Path(tmp) / "model")
+            result = run_deepseg(split, args.seconds, Path(tmp) / "model", deepseg_options(args.deepseg))
         else:
             result = run_monai(split, args.seconds, args.patch, args.batch)
     Path(args.result).write_text(json.dumps(result), encoding="utf-8")
@@ -355,6 +374,8 @@ def run_worker(method: str, dataset: str, args: argparse.Namespace, patch: Seque
                    "--result", str(result_file)]
         if patch is not None:
             command += ["--patch", ",".join(map(str, patch)), "--batch", str(batch)]
+        if method == "deepseg":
+            command += [item for option in args.deepseg for item in ("--deepseg", option)]
         threads = str(args.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
@@ -404,6 +425,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each subprocess")
     parser.add_argument("--data", type=Path, default=ROOT / ".data", help="folder of the real data (make data)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--deepseg", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a deepseg training option instead of its default, for ablations (repeatable), e.g. "
+                        "validation_fraction=0.1 or augmentation=light; values are read as JSON, else as text")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", choices=list(DATASETS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)

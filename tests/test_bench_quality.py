@@ -100,3 +100,12 @@ def test_a_missing_real_dataset_is_skipped_with_a_note(tmp_path):
     row = bench.compare("ct_head_bone", args)
     assert "make data" in row["error"]
     assert "skipped" in bench.format_table([row], 1.0)
+
+
+def test_deepseg_options_for_ablations():
+    from bench_quality import deepseg_options
+
+    assert deepseg_options(["validation_fraction=0.1", "augmentation=light", "network=unet2d"]) == {
+        "validation_fraction": 0.1, "augmentation": "light", "network": "unet2d"}
+    with pytest.raises(SystemExit, match="OPTION=VALUE"):
+        deepseg_options(["validation_fraction"])
