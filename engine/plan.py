@@ -39,7 +39,6 @@ STEP_SECONDS = 0.25  # CPU target for one training step: ~4 steps/s keeps time-b
 GPU_MEMORY_SHARE = 0.7  # of the free GPU memory for one training step
 FILTERS = (32, 16, 8)
 STEMS = ("double", "strided")
-PLAN_FILE = "plan.json"
 _MAX_PATCH_2D = 512
 _MAX_VOXELS_3D = 128 * 160 * 160  # nnU-Net-like upper bound; the cost decides below it
 _OBJECT_SAMPLE_VOXELS = 32 * 2**20  # labels read for the object sizes, at most
@@ -110,15 +109,6 @@ class Plan:
         values["patch"] = tuple(values.get("patch", ()))
         values["receptive_field"] = tuple(values.get("receptive_field", ()))
         return cls(**values)
-
-    def save(self, folder: str | Path) -> Path:
-        """Write ``plan.json`` into ``folder`` (atomically)."""
-        from .fileutil import atomic_path
-
-        target = Path(folder) / PLAN_FILE
-        with atomic_path(target) as tmp:
-            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return target
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -485,9 +475,10 @@ def _fits_memory(network: str, options: dict[str, Any], patch: Sequence[int], ba
 
 
 def load_plan(folder: str | Path) -> Plan | None:
-    """The plan saved in a model folder, if any."""
-    path = Path(folder) / PLAN_FILE
-    return Plan.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    """The plan a model folder was trained with (``config.json``'s "plan"; None for a network given by name)."""
+    path = Path(folder) / "config.json"
+    saved = json.loads(path.read_text()).get("plan") if path.is_file() else None
+    return Plan.from_dict(saved) if saved else None
 
 
 def cpu_count() -> int:
