@@ -25,9 +25,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
     from .data import load_samples
     from .errors import InputError
-    from .fileutil import atomic_path
+    from .fileutil import atomic_path, refuse_overwriting
     from .plan import make_plan
 
+    refuse_overwriting({"--json": args.json}, {"the images": args.images, "the labels": args.labels})
     if args.step_time is not None and args.step_time <= 0:
         raise InputError(f"--step-time {args.step_time}: expected seconds > 0")
     samples = load_samples(args.images, args.labels, axes=args.axes)

@@ -227,3 +227,12 @@ def test_timings_are_remembered_per_machine_and_forgotten_on_request(tmp_path, m
     plan.forget_timings()
     with pytest.raises(AssertionError, match="timed again"):
         make_plan(data, device="cpu")
+
+
+def test_cli_plan_refuses_to_write_over_its_input(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((64, 64), np.float32))
+    before = (tmp_path / "img.tif").read_bytes()
+    assert main(["plan", "--images", str(tmp_path / "img.tif"), "--json", str(tmp_path / "img.tif")]) == 2
+    assert (tmp_path / "img.tif").read_bytes() == before
