@@ -1,6 +1,7 @@
 """Quality at equal wall time: deepseg with its defaults against a plain MONAI U-Net loop (run by hand).
 
     python benchmarks/bench_quality.py [--seconds 120] [--only 2d|3d|real|synthetic|NAME[,...]] [--threads 2]
+                                       [--seeds 1,2,3] [--deepseg OPTION=VALUE ...]
 
 For every dataset, two fresh subprocesses (so threads and memory do not interfere) train for the same
 wall-clock time on the same training part, then segment the held-out part:
@@ -359,13 +360,13 @@ def worker(args: argparse.Namespace) -> int:
         if args.worker == "deepseg":
             result = run_deepseg(split, args.seconds, Path(tmp) / "model", deepseg_options(args.deepseg))
         else:
-            result = run_monai(split, args.seconds, args.patch, args.batch)
+            result = run_monai(split, args.seconds, args.patch, args.batch, seed=args.seed)
     Path(args.result).write_text(json.dumps(result), encoding="utf-8")
     return 0
 
 
 def run_worker(method: str, dataset: str, args: argparse.Namespace, patch: Sequence[int] | None = None,
-               batch: int | None = None) -> dict[str, Any]:
+               batch: int | None = None, seed: int | None = None) -> dict[str, Any]:
     """Run one method on one dataset in a fresh subprocess; its result, or ``{"error": ...}``."""
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         result_file = Path(tmp) / "result.json"
@@ -374,8 +375,12 @@ def run_worker(method: str, dataset: str, args: argparse.Namespace, patch: Seque
                    "--result", str(result_file)]
         if patch is not None:
             command += ["--patch", ",".join(map(str, patch)), "--batch", str(batch)]
+        if seed is not None:
+            command += ["--seed", str(seed)]
         if method == "deepseg":
             command += [item for option in args.deepseg for item in ("--deepseg", option)]
+            if seed is not None and not any(item.startswith("seed=") for item in args.deepseg):
+                command += ["--deepseg", f"seed={seed}"]
         threads = str(args.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
@@ -387,15 +392,31 @@ def run_worker(method: str, dataset: str, args: argparse.Namespace, patch: Seque
 
 
 def compare(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
-    """deepseg, then MONAI with deepseg's patch and batch, on ``dataset``; a row of the table."""
+    """deepseg, then MONAI with deepseg's patch and batch, on ``dataset``, once per seed of ``args.seeds``
+    (each method gets the same seed); a row of the table (Dice and the rest averaged over the seeds)."""
     row: dict[str, Any] = {"dataset": dataset}
     if dataset in REAL_FILES and not (args.data / REAL_FILES[dataset]).is_file():
         return {**row, "error": f"missing {args.data / REAL_FILES[dataset]} (run `make data`)"}
-    ours = run_worker("deepseg", dataset, args)
-    if "error" in ours:
-        return {**row, "error": ours["error"]}
-    theirs = run_worker("monai", dataset, args, ours["patch"], ours["batch"])
-    return {**row, "deepseg": ours, "monai": theirs}
+    ours_runs, their_runs = [], []
+    for seed in args.seeds:
+        ours = run_worker("deepseg", dataset, args, seed=seed)
+        if "error" in ours:
+            return {**row, "error": ours["error"]}
+        ours_runs.append(ours)
+        their_runs.append(run_worker("monai", dataset, args, ours["patch"], ours["batch"], seed=seed))
+    theirs = next((run for run in their_runs if "error" in run), None) or averaged(their_runs)
+    return {**row, "seeds": list(args.seeds), "deepseg": averaged(ours_runs), "monai": theirs}
+
+
+def averaged(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the runs of several seeds: Dice, steps and seconds averaged, Dice per seed and its
+    standard deviation kept; the other fields from the first run."""
+    dices = [run["dice"] for run in runs]
+    result = {**runs[0], "dice": float(np.mean(dices)), "dice_sd": float(np.std(dices)), "dices": dices,
+              "steps": int(round(np.mean([run["steps"] for run in runs])))}
+    for key in ("train_seconds", "predict_seconds"):
+        result[key] = float(np.mean([run[key] for run in runs]))
+    return result
 
 
 def format_table(rows: Sequence[dict[str, Any]], seconds: float) -> str:
@@ -403,6 +424,7 @@ def format_table(rows: Sequence[dict[str, Any]], seconds: float) -> str:
     head = (f"{'dataset':<16}{'deepseg Dice':>13}{'MONAI Dice':>12}{'steps ds':>10}{'steps MONAI':>13}"
             f"{'train s ds':>12}{'train s MONAI':>15}")
     lines = [f"equal wall time per method: {seconds:g} s of training", head, "-" * len(head)]
+    spread: list[str] = []
     notes: list[str] = []
     for row in rows:
         name, ours, theirs = row["dataset"], row.get("deepseg", {}), row.get("monai", {})
@@ -411,11 +433,17 @@ def format_table(rows: Sequence[dict[str, Any]], seconds: float) -> str:
             continue
         lines.append(f"{name:<16}{ours['dice']:>13.4f}{theirs['dice']:>12.4f}{ours['steps']:>10d}"
                      f"{theirs['steps']:>13d}{ours['train_seconds']:>12.1f}{theirs['train_seconds']:>15.1f}")
+        if len(ours.get("dices", [])) > 1:
+            spread.append(f"  {name}: seeds {row.get('seeds')}: deepseg " + " ".join(f"{d:.4f}" for d in ours["dices"])
+                          + f" (sd {ours['dice_sd']:.4f}), MONAI " + " ".join(f"{d:.4f}" for d in theirs["dices"])
+                          + f" (sd {theirs['dice_sd']:.4f})")
         notes.append(f"  {name}: deepseg {ours['network']}, patch {ours['patch']} batch {ours['batch']}"
                      f"{', ' + ours['note'] if ours['note'] else ''}; MONAI patch {theirs['patch']} batch "
                      f"{theirs['batch']}; predict s deepseg {ours['predict_seconds']:.1f}, MONAI "
                      f"{theirs['predict_seconds']:.1f}")
-    return "\n".join(lines + (["notes:"] + notes if notes else []))
+    if spread:
+        lines[0] += " (Dice, steps and seconds: means over the seeds)"
+    return "\n".join(lines + (["Dice per seed:"] + spread if spread else []) + (["notes:"] + notes if notes else []))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -428,12 +456,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepseg", action="append", default=[], metavar="OPTION=VALUE",
                         help="a deepseg training option instead of its default, for ablations (repeatable), e.g. "
                         "validation_fraction=0.1 or augmentation=light; values are read as JSON, else as text")
+    parser.add_argument("--seeds", default="2", help="random seeds, comma-separated: each method runs once per seed "
+                        "and the table shows the means (default: 2, deepseg's default seed)")
+    parser.add_argument("--seed", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", choices=list(DATASETS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--patch", type=lambda text: [int(v) for v in text.split(",")], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: expected whole numbers separated by commas, e.g. 1,2,3")
+    if not args.seeds:
+        parser.error("--seeds: give at least one seed, e.g. 2")
     try:
         args.datasets = select(args.only)
     except ValueError as error:

@@ -249,18 +249,21 @@ def _block_probabilities(model: LoadedModel, pixels: ChannelFirst, region: tuple
 
 def blockwise_needed(source: str | Path, target: str | Path, cluster: Any = None) -> bool:
     """Whether predicting ``source`` into ``target`` goes block by block through :func:`predict_zarr` (a zarr /
-    OME-Zarr input or output, or a Dask ``cluster``) rather than :func:`engine.prediction.predict_file`
-    (TIFF in, TIFF out, this process). A cluster with a non-zarr output is refused: workers write zarr.
+    OME-Zarr output, or a Dask ``cluster``) rather than :func:`engine.prediction.predict_file` (a TIFF output
+    written slab by slab in this process, from a TIFF, zarr or other input). A cluster with a non-zarr output is
+    refused: workers write zarr.
 
     >>> blockwise_needed("scan.tif", "labels.tif"), blockwise_needed("scan.tif", "labels.ome.zarr")
     (False, True)
+    >>> blockwise_needed("scan.ome.zarr", "labels.tif")
+    False
     """
     from .chunked_io import is_zarr_path
 
     if cluster and not is_zarr_path(target):
         raise InputError(f"cluster {str(cluster)!r}: Dask workers write their blocks into zarr, not into "
                          f"{str(target)!r}; name the output *.zarr or *.ome.zarr")
-    return bool(cluster) or is_zarr_path(source) or is_zarr_path(target)
+    return bool(cluster) or is_zarr_path(target)
 
 
 @checked_keywords
@@ -311,7 +314,7 @@ def predict_zarr(
     from .precision import check_precision
 
     model = load_model(model, device=device)
-    _check_volume(model, volume)
+    check_volume(model, volume)
     plan = _make_plan(model, volume, out, probs, probabilities_dtype, dict(
         tile=tuple(tile) if tile else None, overlap=overlap, blend=blend, batch=batch, tta=tta,
         precision=check_precision(precision)), block, device)
@@ -332,7 +335,8 @@ def predict_zarr(
             "computed": len(todo), "already_finished": len(plan.regions) - len(todo), "class_voxels": counts}
 
 
-def _check_volume(model: LoadedModel, volume: Volume) -> None:
+def check_volume(model: LoadedModel, volume: Volume) -> None:
+    """Refuse a volume whose channels or dimensions do not fit the model (and one with NaN/inf)."""
     net = model.network
     channels, spatial = volume.pixels.shape[0], len(volume.dims)
     if channels != net.in_channels:

@@ -183,7 +183,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.block or args.probabilities_dtype != "float32":
         raise DeepSegError("--block and --probabilities-dtype apply to zarr / OME-Zarr outputs (*.zarr, *.ome.zarr)")
     jobs: list[tuple[Path, Path, Path | None]]
-    if source.is_dir() and not handles(source):  # a folder of images; a DICOM series folder is one volume
+    from .chunked_io import is_zarr_path
+
+    if source.is_dir() and not handles(source) and not is_zarr_path(source):  # a folder of images (a DICOM
+        # series folder or a zarr store is one volume)
         out_dir = Path(args.out)
         prob_dir = Path(args.probabilities) if args.probabilities else None
         jobs = [(f, out_dir / (f.stem + ".tif"), prob_dir / (f.stem + ".tif") if prob_dir else None)

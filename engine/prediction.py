@@ -113,6 +113,17 @@ def _check_image(model: LoadedModel, image: xr.DataArray) -> np.ndarray:
     return pixels
 
 
+def _zarr_pixels(model: LoadedModel, path: str | Path, axes: str | None) -> tuple[Any, tuple[str, ...], dict[str, Any]]:
+    """A zarr / OME-Zarr image opened lazily for :func:`predict_file`: channel-first pixels (read per slab), its
+    spatial dims and calibration; checked against the model."""
+    from .blockwise import check_volume
+    from .chunked_io import open_volume
+
+    volume = open_volume(path, axes=axes)
+    check_volume(model, volume)
+    return volume.pixels, volume.dims, dict(spacing=volume.spacing or None, unit=volume.unit)
+
+
 def _probabilities(model: LoadedModel, pixels: Any, *, tile, overlap, blend, batch, tta, out: TileSink | None,
                    progress, region: tuple[slice, ...] | None = None, norm: Any = None,
                    precision: str | Precision = "auto") -> np.ndarray | TileSink:
@@ -243,7 +254,7 @@ def predict_file(
 ) -> dict[str, Any]:
     """Segment an image file into a label TIFF (and a probability TIFF), streaming through disk.
 
-    The input is memory-mapped when possible. Each slab of planes is turned into labels as soon as
+    The input is memory-mapped when possible; a zarr / OME-Zarr input (one time point) is read slab by slab. Each slab of planes is turned into labels as soon as
     no later tile touches it and written to the label TIFF (ImageJ hyperstack with the label LUT and
     the input's calibration); probabilities (float32, one channel per class) only when
     ``probabilities_path`` is given, written the same way. Memory holds one slab of tiles, not the
@@ -265,18 +276,24 @@ def predict_file(
         return predict_file_postprocessed(model, input_path, labels_path, steps, probabilities_path=probabilities_path,
                                           axes=axes, tile=tile, overlap=overlap, blend=blend, batch=batch, tta=tta,
                                           precision=precision, progress=progress)
-    img = read_image(input_path, axes=axes, mmap=True)
     run = dict(tile=tile, overlap=overlap, blend=blend, batch=batch, tta=tta, progress=progress)
-    if "t" in img.dims:
-        result = predict(model, img, probabilities=probabilities_path is not None, precision=precision,
-                         postprocess="none", **run)
-        write_labels(labels_path, result.labels)
-        if probabilities_path is not None:
-            write_image(probabilities_path, result.probabilities)
-        return {"labels": str(labels_path), "probabilities": str(probabilities_path) if probabilities_path else None}
-    pixels = _check_image(model, img)
-    spatial, dims, classes = pixels.shape[1:], spatial_dims(img), model.classes
-    calibration = dict(spacing=img.attrs.get("spacing"), unit=img.attrs.get("unit"))
+    from .chunked_io import is_zarr_path
+
+    if is_zarr_path(input_path):  # read lazily, chunk by chunk, like the blockwise path
+        pixels, dims, calibration = _zarr_pixels(model, input_path, axes)
+    else:
+        img = read_image(input_path, axes=axes, mmap=True)
+        if "t" in img.dims:
+            result = predict(model, img, probabilities=probabilities_path is not None, precision=precision,
+                             postprocess="none", **run)
+            write_labels(labels_path, result.labels)
+            if probabilities_path is not None:
+                write_image(probabilities_path, result.probabilities)
+            return {"labels": str(labels_path),
+                    "probabilities": str(probabilities_path) if probabilities_path else None}
+        pixels, dims = _check_image(model, img), spatial_dims(img)
+        calibration = dict(spacing=img.attrs.get("spacing"), unit=img.attrs.get("unit"))
+    spatial, classes = pixels.shape[1:], model.classes
     with ExitStack() as stack:
         target = stack.enter_context(atomic_path(labels_path))
         labels = stack.enter_context(TiffPlaneWriter(target, dims, spatial, label_dtype(classes), lut=glasbey_lut(),

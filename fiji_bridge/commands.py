@@ -328,17 +328,13 @@ class CommandRunner:
         result.info = {"model": str(model.path), "classes": model.class_names, **summary}
 
     def labels_output(self, out: str, source: Path, base: str) -> Path:
-        """The label file of a streamed prediction: ``out`` (.tif, .zarr or .ome.zarr), or a new temporary TIFF."""
+        """The label file of a streamed prediction: ``out`` (.tif, .zarr or .ome.zarr), or a new temporary TIFF
+        (also for a zarr image: read slab by slab, its labels shown as a virtual stack)."""
         if out:
             path = Path(out).expanduser()
             if not path.name.lower().endswith((".tif", ".tiff", ".zarr")):
                 raise InputError(f"out={out!r} is not a label file: expected a .tif, .zarr or .ome.zarr path")
             return path
-        from engine.chunked_io import is_zarr_path
-
-        if is_zarr_path(source):
-            raise InputError(f"image={str(source)!r} is zarr: give out=<labels.ome.zarr, labels.zarr, or the image "
-                             "itself to add its labels/> (ImageJ 1.x cannot show zarr)")
         if self._scratch is None:  # removed when the session's process ends
             self._scratch = tempfile.TemporaryDirectory(prefix="deepseg-fiji-")
         return Path(tempfile.mkdtemp(dir=self._scratch.name)) / f"{base}-labels.tif"

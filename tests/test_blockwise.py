@@ -230,3 +230,42 @@ def test_precision_reaches_the_blocks(tmp_path, data):
     with pytest.raises(InputError, match="precision"):
         predict_zarr(model, tif, tmp_path / "bad.zarr", block=(5,), device="cpu", precision="fp64")
     assert not (tmp_path / "bad.zarr").exists()
+
+
+@pytest.mark.parametrize("source_kind", ["ome-zarr", "plain zarr"])
+def test_zarr_input_streams_into_a_label_tiff_equal_to_the_tiff_input(tmp_path, unet3d, data, source_kind):
+    """`deepseg predict scan.ome.zarr --out labels.tif`: read slab by slab, written plane by plane (predict_file),
+    the same labels and probabilities as from the TIFF of the same pixels, calibrated."""
+    import tifffile
+
+    from engine.cli import main
+    from engine.io import read_image
+
+    if source_kind == "ome-zarr":
+        source = write_ome_zarr(tmp_path / "scan.ome.zarr", data)
+        axes = []
+    else:
+        source = tmp_path / "scan.zarr"
+        zarr.save_array(str(source), data)
+        axes = ["--axes", "ZYX"]
+    tif = write_tiff(tmp_path / "scan.tif", data)
+    assert main(["predict", str(unet3d), str(source), "--out", str(tmp_path / "from zarr.tif"), "--probabilities",
+                 str(tmp_path / "p zarr.tif"), "--device", "cpu", "--quiet", *axes]) == 0
+    assert main(["predict", str(unet3d), str(tif), "--out", str(tmp_path / "from tif.tif"), "--probabilities",
+                 str(tmp_path / "p tif.tif"), "--device", "cpu", "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "from zarr.tif"), tifffile.imread(tmp_path / "from tif.tif"))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "p zarr.tif"), tifffile.imread(tmp_path / "p tif.tif"))
+    labels = read_image(tmp_path / "from zarr.tif")
+    if source_kind == "ome-zarr":  # the container's voxel size reaches the TIFF
+        assert labels.attrs["spacing"]["pln"] == pytest.approx(2.0) and labels.attrs["spacing"]["col"] == pytest.approx(0.5)
+    assert not list(source.rglob("labels"))  # nothing written into the input
+
+
+def test_a_zarr_input_with_the_wrong_channels_is_refused_before_writing(tmp_path, unet3d, data):
+    from engine.prediction import predict_file
+
+    source = tmp_path / "two.zarr"
+    zarr.save_array(str(source), np.stack([data, data]))
+    with pytest.raises(InputError, match="2 channel\\(s\\) but the model was trained on 1"):
+        predict_file(unet3d, source, tmp_path / "labels.tif", axes="CZYX", device="cpu")
+    assert not (tmp_path / "labels.tif").exists()

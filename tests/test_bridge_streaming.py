@@ -127,8 +127,11 @@ def test_an_ome_zarr_image_gets_its_labels_group(ij, scan, tmp_path):
     assert result.info["labels"] == str(container / "labels" / "deepseg")
     np.testing.assert_array_equal(read_zarr_labels(container / "labels" / "deepseg"),
                                   read_zarr_labels(reference / "labels" / "deepseg"))
-    with pytest.raises(InputError, match="is zarr: give out="):
-        ij.run(PREDICT, f"model=[{model}] image=[{container}]")
+    shown = ij.run(PREDICT, f"model=[{model}] image=[{container}]")  # no out=: a TIFF, shown as a virtual stack
+    (labels,) = shown.images
+    assert labels.getStack().isVirtual() and shown.info["labels"].endswith(".tif")
+    np.testing.assert_array_equal(ij.to_xarray(labels).values, read_zarr_labels(reference / "labels" / "deepseg"))
+    assert labels.getCalibration().pixelDepth == pytest.approx(2.0)
 
 
 def test_a_macro_predicts_a_file_into_ome_zarr_on_a_local_cluster(ij, scan, tmp_path):
