@@ -421,6 +421,9 @@ def _finish(plan: BlockPlan, out: ZarrOutput, probs: ZarrOutput | None, class_na
         raise InputError(f"{missing} block(s) of {str(out.array)!r} are not finished; run the command again")
     nodes = [node for part in (probs, out) if part for node in (part.array, part.group) if node is not None]
     counts = dict(zip(class_names, _counts(plan, len(class_names)).tolist()))
+    from .pyramid import write_pyramid
+
+    write_pyramid(out)  # NGFF label levels 1..n (rewritten if an earlier run died here), before "complete"
     mark_complete(nodes, class_voxels=counts)  # the label image last: it says whether the whole output is complete
     finish_labels(out)
     return counts

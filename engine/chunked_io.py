@@ -243,7 +243,9 @@ def _ngff_volume(group: Any, meta: dict[str, Any], path: Path) -> Volume:
     unit = _UNITS_BACK.get(next(iter(units)), next(iter(units))) if len(units) == 1 else None
     ngff = {"container": str(path), "zarr_format": group.metadata.zarr_format,
             "version": multiscale.get("version") or meta.get("version"), "axes": axes,
-            "transforms": dataset.get("coordinateTransformations", [])}
+            "transforms": dataset.get("coordinateTransformations", []),
+            "datasets": [{"path": d["path"], "coordinateTransformations": d.get("coordinateTransformations", []),
+                          "shape": list(group[d["path"]].shape)} for d in multiscale["datasets"]]}
     spatial = tuple(d for d in SPATIAL if d in dims)
     return Volume(ChannelFirst(array, dims), spatial, spacing, unit, _stem(path), path, "ome-zarr", None, ngff)
 
@@ -493,6 +495,18 @@ def finish_labels(out: ZarrOutput) -> None:
     listed = list(_ngff_metadata(labels).get("labels", []))
     if out.name not in listed:
         add_metadata(labels, {"labels": [*listed, out.name]}, fmt=fmt)
+
+
+def write_label_levels(out: ZarrOutput, datasets: Sequence[dict[str, Any]]) -> None:
+    """List ``datasets`` (``path`` and ``coordinateTransformations``, level 0 first) as the levels of the NGFF
+    image of ``out``, keeping its axes and name (:mod:`engine.pyramid` writes the arrays)."""
+    import zarr
+    from ome_zarr.writer import write_multiscales_metadata
+
+    group = zarr.open_group(str(out.group), mode="r+")
+    multiscale = _ngff_metadata(group)["multiscales"][0]
+    write_multiscales_metadata(group, list(datasets), fmt=_format(group.metadata.zarr_format),
+                               axes=multiscale.get("axes"), name=multiscale.get("name"))
 
 
 def remove_output(out: ZarrOutput) -> None:
