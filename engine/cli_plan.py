@@ -13,7 +13,10 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="label image(s): a file or a folder (object sizes come from them)")
     p.add_argument("--axes", help="axes of image files that do not record them, e.g. ZYX")
     p.add_argument("--device", default="auto", help="where to train: auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--step-time", type=float, help="CPU target seconds per training step (default 0.25)")
+    p.add_argument("--step-time", type=float, help="CPU target seconds per training step (default 0.25, less "
+                   "with a short --time)")
+    p.add_argument("--time", help="plan for a training time budget, as `deepseg train --time` (e.g. 90s, 10m, 1h): "
+                   "short budgets get cheaper steps")
     p.add_argument("--batch", type=int, help="patches per step (default 4 in 2D, 2 in 3D)")
     p.add_argument("--json", help="also write the plan as JSON to this file")
     p.add_argument("--remeasure", action="store_true", help="forget the step timings remembered for this machine "
@@ -31,12 +34,18 @@ def run_plan(args: argparse.Namespace) -> int:
     refuse_overwriting({"--json": args.json}, {"the images": args.images, "the labels": args.labels})
     if args.step_time is not None and args.step_time <= 0:
         raise InputError(f"--step-time {args.step_time}: expected seconds > 0")
+    budget = None
+    if args.time is not None:
+        from .budget import parse_duration
+
+        budget = parse_duration(args.time)
     samples = load_samples(args.images, args.labels, axes=args.axes)
     if args.remeasure:
         from .plan import forget_timings
 
         forget_timings()
-    plan = make_plan(samples, device=args.device, step_seconds=args.step_time, batch=args.batch)
+    plan = make_plan(samples, device=args.device, step_seconds=args.step_time, batch=args.batch,
+                     time_budget=budget)
     print(plan.summary())
     if args.json:
         import json

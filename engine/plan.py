@@ -36,6 +36,9 @@ import numpy as np
 from .errors import InputError
 
 STEP_SECONDS = 0.25  # CPU target for one training step: ~4 steps/s keeps time-budgeted runs long enough
+BUDGET_STEPS = 500  # steps a short time budget should still give: below that, a cheaper step wins (measured)
+BUDGET_TRAINING_SHARE = 0.85  # of a time budget spent in training steps (the rest: loading, validation, saving)
+MIN_STEP_SECONDS = 0.03  # the target never goes below this, however short the budget
 GPU_MEMORY_SHARE = 0.7  # of the free GPU memory for one training step
 FILTERS = (32, 16, 8)
 STEMS = ("double", "strided")
@@ -355,17 +358,32 @@ def _depth(network: str, data: Fingerprint, largest: Sequence[int]) -> tuple[int
     return 5, "depth 5: the largest"
 
 
+def step_target(time_budget: float | None = None) -> float:
+    """CPU seconds one training step may take: :data:`STEP_SECONDS`, less within a short ``time_budget`` (seconds)
+    so that it still gives about :data:`BUDGET_STEPS` steps (a 1-minute budget: 0.1 s).
+
+    >>> step_target(), step_target(600), step_target(60)
+    (0.25, 0.25, 0.102)
+    """
+    if time_budget is None:
+        return STEP_SECONDS
+    return round(min(STEP_SECONDS, max(MIN_STEP_SECONDS, time_budget * BUDGET_TRAINING_SHARE / BUDGET_STEPS)), 4)
+
+
 def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", step_seconds: float | None = None,
               classes: int = 2, batch: int | None = None, profile: DeviceProfile | None = None,
-              precision: str = "auto") -> Plan:
+              precision: str = "auto", time_budget: float | None = None) -> Plan:
     """Plan network, depth, filters, stem, patch and batch for ``samples`` on ``device``.
 
     Priorities: a patch of at least twice the typical object (and 128 px in-plane, 16 planes, where the
     images allow; never below half of that), then the widest network (32, 16, 8 filters; the plain stem
     before the strided one), then the largest patch that still fits the target. ``profile``: a measured
     device (default: measured now; then the chosen configuration is also timed for real on a CPU, and the plan
-    is made again with the rate it achieved when the estimate was off by more than 30 %)."""
+    is made again with the rate it achieved when the estimate was off by more than 30 %). CPU step target:
+    ``step_seconds``, else :func:`step_target` of ``time_budget`` (seconds of a ``--time`` run)."""
     data = samples if isinstance(samples, Fingerprint) else fingerprint(samples)
+    if step_seconds is None and time_budget is not None:
+        step_seconds = step_target(time_budget)
     network, why = choose_network(data)
     dims = 2 if network == "unet2d" else 3
     measured = profile is None
@@ -381,6 +399,9 @@ def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", ste
             plan = _plan(data, network, replace(profile, flops_per_second=rate), batch, classes, step_seconds)
             plan.reasons.insert(0, why)
             plan.reasons.append(f"re-planned: the first choice took {seconds:.3f} s per step in a real step")
+    if time_budget is not None and step_seconds < STEP_SECONDS and profile.memory_bytes is None:
+        plan.reasons.append(f"time budget {time_budget:g} s: a step of at most {step_seconds:g} s gives about "
+                            f"{BUDGET_STEPS} steps (more steps of a cheaper network win in short budgets)")
     return plan
 
 

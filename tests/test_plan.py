@@ -236,3 +236,37 @@ def test_cli_plan_refuses_to_write_over_its_input(tmp_path):
     before = (tmp_path / "img.tif").read_bytes()
     assert main(["plan", "--images", str(tmp_path / "img.tif"), "--json", str(tmp_path / "img.tif")]) == 2
     assert (tmp_path / "img.tif").read_bytes() == before
+
+
+def test_a_short_time_budget_plans_cheaper_steps_and_says_why():
+    from engine.plan import BUDGET_STEPS, STEP_SECONDS, step_target
+
+    assert step_target(None) == step_target(3600) == STEP_SECONDS
+    assert step_target(60) == pytest.approx(60 * 0.85 / BUDGET_STEPS, abs=1e-3)
+    assert step_target(60) < STEP_SECONDS
+    assert step_target(0.5) == 0.03  # never below the floor
+    data = Fingerprint(2, (512, 512), (1.0, 1.0), 1, (30.0, 30.0))
+    rate = DeviceProfile("cpu", 2, 2e10)
+    long, short = make_plan(data, profile=rate, time_budget=3600), make_plan(data, profile=rate, time_budget=60)
+    assert long.step_seconds <= STEP_SECONDS + 1e-9 and short.step_seconds <= step_target(60) + 1e-9
+    assert short.step_flops < long.step_flops
+    assert 60 / short.step_seconds >= BUDGET_STEPS * 0.85
+    assert any("time budget 60 s" in r for r in short.reasons)
+    assert not any("time budget" in r for r in long.reasons)
+
+
+def test_deepseg_plan_time_option(tmp_path, capsys):
+    import tifffile
+
+    from engine.synthetic import blobs
+
+    image, labels = blobs((96, 96), seed=1)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert main(["plan", "--images", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--time", "2s", "--json", str(tmp_path / "plan.json")]) == 0
+    reasons = json.loads((tmp_path / "plan.json").read_text())["reasons"]
+    assert any("time budget 2 s" in r for r in reasons)
+    capsys.readouterr()
+    assert main(["plan", "--images", str(tmp_path / "image.tif"), "--time", "soon"]) != 0
+    assert "time='soon'" in capsys.readouterr().err
