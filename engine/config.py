@@ -81,6 +81,10 @@ class TrainConfig:
         None, flag="--time", key="time", label="Time budget",
         help="wall-clock training time, e.g. 90s, 10m, 1h or 1h30m (none by default): the learning rate follows "
              "the elapsed time, validation takes at most about a tenth of it; with epochs, whichever ends first")
+    step_time: float | None = option(None, kind="float", flag="--step-time", above=0.0, auto="auto",
+                                     auto_help="0.25 s; less with a short time budget",
+                                     help="network auto on a CPU: seconds a training step may take in the plan "
+                                          "(as `deepseg plan --step-time`)")
     batch: int | None = option(None, kind="int", flag="--batch", key="batch", label="Batch size", auto="auto",
                                minimum=1, auto_help="4 in 2D, 2 in 3D", help="patches per step (minibatch size)")
     steps_per_epoch: int | None = option(None, kind="int", flag="--steps", key="steps", label="Steps per epoch",

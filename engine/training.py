@@ -298,7 +298,8 @@ def resolve_network(config: TrainConfig, samples: Sequence[Sample], classes: int
     budget = None if config.time_budget is None else parse_duration(config.time_budget)
     plan = ddp.on_main_then_shared(lambda: make_plan(samples, device=config.device, classes=classes,
                                                      batch=config.batch and max(1, config.batch // ddp.world_size()),
-                                                     precision=config.precision, time_budget=budget))
+                                                     precision=config.precision, time_budget=budget,
+                                                     step_seconds=config.step_time))
     return config.replace(network=plan.network, network_options={**plan.network_options, **config.network_options},
                           patch=config.patch or list(plan.patch),
                           batch=config.batch or plan.batch * ddp.world_size()), plan

@@ -186,6 +186,13 @@ def test_train_with_network_auto_follows_and_saves_the_plan(tmp_path, monkeypatc
     assert "plan" not in json.loads((tmp_path / "explicit" / "config.json").read_text())
     assert load_plan(tmp_path / "explicit") is None
 
+    train(images=images, labels=labels, out=str(tmp_path / "budget"), time_budget="2s")  # a short budget: cheaper
+    budget = load_plan(tmp_path / "budget")
+    assert budget.step_seconds <= 0.03 + 1e-9 < expected.step_seconds
+    assert any("time budget 2 s" in r for r in budget.reasons)
+    train(images=images, labels=labels, out=str(tmp_path / "step"), epochs=1, steps_per_epoch=1, step_time=0.01)
+    assert any("0.01 s per step" in r for r in load_plan(tmp_path / "step").reasons)
+
 
 def _train_config(folder):
     return json.loads((folder / "train_config.json").read_text())
