@@ -204,7 +204,8 @@ def _state(plan: BlockPlan, model: LoadedModel | None = None) -> _State:
 
 
 def _worker_device(device: str) -> str:
-    """``auto`` with several GPUs: pin this Dask worker to GPU ``worker index % count``."""
+    """``auto`` with several GPUs: pin this Dask worker to GPU ``worker index % count``, also as its current CUDA
+    device (else whatever uses the current device makes a context on GPU 0 in every worker)."""
     if device != "auto":
         return device
     import torch
@@ -218,8 +219,9 @@ def _worker_device(device: str) -> str:
         name = get_worker().name
     except (ImportError, ValueError):
         return device
-    index = name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
-    return f"cuda:{index % count}"
+    index = (name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)) % count
+    torch.cuda.set_device(index)
+    return f"cuda:{index}"
 
 
 def run_block(plan: BlockPlan, index: int, *, model: LoadedModel | None = None,

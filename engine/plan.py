@@ -171,7 +171,8 @@ def measure_device(device: str = "auto", spatial_dims: int = 2, precision: str =
     options = {"depth": 3, "filters": 16, "stem": "double"}
     seconds = remembered_step(name, options, patch, batch, resolved, precision=precision)
     memory = None
-    if resolved.type == "cuda":
+    if resolved.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the timed network's cached blocks are free for training: count them
         free, _ = torch.cuda.mem_get_info(resolved)
         memory = int(free)
     return DeviceProfile(str(resolved), torch.get_num_threads(), _flops(name, options, patch, batch, 1, 2) / seconds,
@@ -389,14 +390,15 @@ def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", ste
     measured = profile is None
     profile = profile or measure_device(device, dims, precision)
     batch = batch or (4 if dims == 2 else 2)
-    plan = _plan(data, network, profile, batch, classes, step_seconds)
+    plan = _plan(data, network, profile, batch, classes, step_seconds, precision)
     plan.reasons.insert(0, why)
     if measured and profile.memory_bytes is None:
         seconds = remembered_step(plan.network, plan.network_options, plan.patch, batch, profile.device,
                             channels=data.channels, classes=classes, precision=precision, steps=2)
         if not 0.77 < plan.step_seconds / seconds < 1.3:
             rate = plan.step_flops / seconds
-            plan = _plan(data, network, replace(profile, flops_per_second=rate), batch, classes, step_seconds)
+            plan = _plan(data, network, replace(profile, flops_per_second=rate), batch, classes, step_seconds,
+                         precision)
             plan.reasons.insert(0, why)
             plan.reasons.append(f"re-planned: the first choice took {seconds:.3f} s per step in a real step")
     if time_budget is not None and step_seconds < STEP_SECONDS and profile.memory_bytes is None:
@@ -406,7 +408,7 @@ def make_plan(samples: Sequence[Any] | Fingerprint, *, device: str = "auto", ste
 
 
 def _plan(data: Fingerprint, network: str, profile: DeviceProfile, batch: int, classes: int,
-          step_seconds: float | None) -> Plan:
+          step_seconds: float | None, precision: str = "auto") -> Plan:
     """One pass of :func:`make_plan` with a given device rate."""
     dims = 2 if network == "unet2d" else 3
     usual = np.array((16, 128, 128)[-dims:], dtype=np.float64)
@@ -424,7 +426,7 @@ def _plan(data: Fingerprint, network: str, profile: DeviceProfile, batch: int, c
 
     def fits(options: dict[str, Any], patch: tuple[int, ...]) -> bool:
         if gpu:
-            return _fits_memory(network, options, patch, batch, data, classes, profile)
+            return _fits_memory(network, options, patch, batch, data, classes, profile, precision)
         return _flops(network, options, patch, batch, data.channels, classes) / profile.flops_per_second <= limit
 
     reasons = [depth_why]
@@ -474,24 +476,77 @@ def _flops(network: str, options: dict[str, Any], patch: Sequence[int], batch: i
 _FLOPS_PER_VOXEL: dict[tuple[Any, ...], float] = {}
 
 
-def _fits_memory(network: str, options: dict[str, Any], patch: Sequence[int], batch: int, data: Fingerprint,
-                 classes: int, profile: DeviceProfile) -> bool:
-    """GPU: activations of a training step (measured at a small patch, scaled by voxels) within the share."""
+def _memory_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """``(fixed, slope)`` of ``bytes = fixed + slope * voxels`` through measured ``(voxels, bytes)`` points: the
+    least-squares slope (at least 0), then the smallest ``fixed`` that puts no measurement above the line.
+
+    >>> _memory_line([(1000, 5_000_000), (2000, 6_000_000)])
+    (4000000.0, 1000.0)
+    """
+    voxels = np.array([v for v, _ in points], dtype=np.float64)
+    used = np.array([b for _, b in points], dtype=np.float64)
+    if len(points) < 2 or np.ptp(voxels) == 0:
+        raise ValueError(f"a memory line needs measurements at two or more patch sizes, got {list(points)}")
+    centred = voxels - voxels.mean()
+    slope = max(0.0, float(centred @ (used - used.mean()) / (centred @ centred)))
+    return max(0.0, float(np.max(used - slope * voxels))), slope
+
+
+def _predicted_bytes(fixed: float, slope: float, voxels: float, parameter_bytes: float) -> float:
+    """GPU memory of a training step at a patch of ``voxels``: the measured line (inputs, activations, gradients,
+    workspace) plus the weights and Adam's two moment buffers (three times the parameters' bytes), which the
+    measured step (no optimizer step, weights allocated before) does not hold."""
+    return fixed + slope * voxels + 3.0 * parameter_bytes
+
+
+def _step_memory(network: str, options: dict[str, Any], patches: Sequence[tuple[int, ...]], batch: int,
+                 channels: int, classes: int, device: str, precision: str) -> tuple[list[tuple[int, int]], int]:
+    """Measured on GPU ``device`` in ``precision``: ``(voxels, bytes)`` per patch, the peak a training step (forward
+    under autocast, loss, backward) adds to what was allocated before it; and the bytes of the parameters."""
     import torch
 
     from .networks import build
+    from .precision import resolve_precision
 
-    device = torch.device(profile.device)
-    small = tuple(min(p, g) for p, g in zip(patch, _pool_factors(network, options["depth"])))
-    small = tuple(max(s, 1) * 2 for s in small)
-    net = build(network, in_channels=data.channels, classes=classes, **options).to(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    x = torch.randn((batch, data.channels, *small), device=device)
-    net(x).float().mean().backward()
-    used = (torch.cuda.max_memory_allocated(device) - base) * math.prod(patch) / math.prod(small)
-    del net, x
+    target = torch.device(device)
+    autocast = resolve_precision(precision, target).autocast
+    net = build(network, in_channels=channels, classes=classes, **options).to(target)
+    points = []
+    for patch in patches:
+        net.zero_grad(set_to_none=True)
+        torch.cuda.reset_peak_memory_stats(target)
+        before = torch.cuda.memory_allocated(target)
+        x = torch.randn((batch, channels, *patch), device=target)
+        y = torch.randint(0, classes, (batch, *patch), device=target)
+        with autocast():
+            logits = net(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        points.append((math.prod(patch), int(torch.cuda.max_memory_allocated(target) - before)))
+        del x, y, logits
+    parameter_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    del net
     torch.cuda.empty_cache()
+    return points, int(parameter_bytes)
+
+
+_MEMORY_LINES: dict[tuple[Any, ...], tuple[float, float, int]] = {}
+
+
+def _fits_memory(network: str, options: dict[str, Any], patch: Sequence[int], batch: int, data: Fingerprint,
+                 classes: int, profile: DeviceProfile, precision: str = "auto") -> bool:
+    """GPU: a training step's memory within the share of the free memory. Measured at two small patches in the
+    run's precision (:func:`_step_memory`, once per configuration) and fitted as fixed + per-voxel
+    (:func:`_memory_line`): fixed costs do not grow with the patch."""
+    grid = _pool_factors(network, options["depth"])
+    small = tuple(max(min(p, g), 1) * 2 for p, g in zip(patch, grid))
+    twice = (*small[:-1], 2 * small[-1])
+    key = (network, tuple(sorted(options.items())), small, batch, data.channels, classes, profile.device, precision)
+    if key not in _MEMORY_LINES:
+        points, parameter_bytes = _step_memory(network, options, (small, twice), batch, data.channels, classes,
+                                               profile.device, precision)
+        _MEMORY_LINES[key] = (*_memory_line(points), parameter_bytes)
+    fixed, slope, parameter_bytes = _MEMORY_LINES[key]
+    used = _predicted_bytes(fixed, slope, math.prod(patch), parameter_bytes)
     return used <= GPU_MEMORY_SHARE * float(profile.memory_bytes or 0)
 
 

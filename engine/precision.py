@@ -104,9 +104,24 @@ def _cpuinfo_flags() -> set[str]:
     return flags
 
 
-def cuda_supports_bf16() -> bool:
-    """Whether the current CUDA device computes bf16 natively (compute capability 8.0 or later)."""
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+def cuda_supports_bf16(device: torch.device | str | int) -> bool:
+    """Whether CUDA ``device`` computes bf16 natively: compute capability 8.0 (Ampere) or later.
+
+    Not ``torch.cuda.is_bf16_supported()``: it also counts emulation, and cuDNN has no bf16 convolutions
+    before Ampere (V100, T4, RTX 20xx).
+    """
+    return bool(torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8)
+
+
+def _describe_gpu(device: torch.device | str | int) -> str:
+    """``device`` with its name and compute capability, for messages (what is known of it)."""
+    if not torch.cuda.is_available():
+        return f"{device} (no CUDA device available)"
+    try:
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
+    except (AssertionError, RuntimeError, AttributeError):  # torch without CUDA, no driver
+        return f"{device} (no CUDA device available)"
 
 
 def check_precision(precision: str | None) -> str:
@@ -129,9 +144,10 @@ def resolve_precision(precision: str | None, device: torch.device | str) -> Prec
         return Precision("fp32", kind)
     if kind == "cuda":
         if value == "auto":
-            return Precision("bf16" if cuda_supports_bf16() else "fp16", kind)
-        if value == "bf16" and not cuda_supports_bf16():
-            raise InputError("precision='bf16': this GPU has no bf16 support; use 'fp16', 'auto' or 'fp32'")
+            return Precision("bf16" if cuda_supports_bf16(device) else "fp16", kind)
+        if value == "bf16" and not cuda_supports_bf16(device):
+            raise InputError(f"precision='bf16': GPU {_describe_gpu(device)} has no bf16 convolutions (needs compute "
+                             "capability 8.0, Ampere or later); use 'fp16', 'auto' or 'fp32'")
         return Precision(value, kind)
     if kind == "cpu":
         if value == "auto":

@@ -45,7 +45,7 @@ from .data import (PatchSampler, Sample, auto_patch, check_classes, label_slabs,
 from .errors import InputError, ModelFileError
 from .fileutil import atomic_path
 from .losses import IGNORE_INDEX, SegmentationLoss, class_weights_from_counts
-from .metrics import Report, confusion_matrix
+from .metrics import Report
 from .model_files import FORMAT, load_model, model_config, resolve_device, save_model, versions
 from .networks import SegmentationNetwork, build
 from .normalization import Normalization
@@ -104,9 +104,15 @@ def make_optimizer(config: TrainConfig, params: Sequence[torch.nn.Parameter]) ->
 
 
 def batch_confusion(logits: torch.Tensor, target: torch.Tensor, classes: int) -> np.ndarray:
-    """Confusion matrix (:func:`engine.metrics.confusion_matrix`) of the annotated voxels of a batch."""
-    prediction = logits.detach().argmax(1).cpu().numpy()
-    return confusion_matrix(prediction, target.cpu().numpy(), classes, ignore_label=IGNORE_INDEX)
+    """Confusion matrix (as :func:`engine.metrics.confusion_matrix`) of the annotated voxels of a batch, counted on
+    the tensors' device: only the K x K counts are copied to the host."""
+    truth = target.detach().reshape(-1).long()
+    annotated = truth != IGNORE_INDEX
+    index = truth[annotated] * classes + logits.detach().argmax(1).reshape(-1)[annotated]
+    counts = torch.bincount(index, minlength=classes * classes)
+    if counts.numel() != classes * classes:
+        raise InputError(f"labels above {classes - 1} in a batch of {classes} classes")
+    return counts.reshape(classes, classes).cpu().numpy()
 
 
 def epoch_scores(confusion: np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -436,7 +442,7 @@ def save_checkpoint(run: Run, epochs_done: int) -> None:
     """Write ``checkpoint.pt``: everything :func:`restore_checkpoint` needs to continue exactly."""
     payload = {
         "format": "deepseg-checkpoint", "epoch": epochs_done, "model": run.network.state_dict(),
-        "optimizer": run.optimizer.state_dict(), "rng": _rng_state(run.rng), "history": run.history,
+        "optimizer": run.optimizer.state_dict(), "rng": _rng_state(run.rng, run.device), "history": run.history,
         "best": run.best, "config": run.config.to_dict(), "normalization": run.batches.normalization.to_dict(),
     }
     with atomic_path(run.out / CHECKPOINT) as tmp:
@@ -454,7 +460,7 @@ def restore_checkpoint(run: Run, source: str | Path) -> None:
     run.network.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.batches.normalization = Normalization.from_dict(state["normalization"])
-    _restore_rng(run.rng, state["rng"])
+    _restore_rng(run.rng, state["rng"], run.device)
     run.start_epoch, run.history, run.best = int(state["epoch"]), list(state["history"]), state.get("best")
     if run.epoch_limit is not None and run.start_epoch >= run.epoch_limit:
         raise InputError(f"checkpoint already finished {run.start_epoch} epochs; set epochs > {run.start_epoch} to continue")
@@ -476,20 +482,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+def _rng_state(rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
+    """Every RNG state; for CUDA only the training device's (a resume may see fewer GPUs)."""
     return {
         "numpy": rng.bit_generator.state,
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "python": random.getstate(),
     }
 
 
-def _restore_rng(rng: np.random.Generator, state: dict[str, Any]) -> None:
+def _restore_rng(rng: np.random.Generator, state: dict[str, Any], device: torch.device) -> None:
+    """Inverse of :func:`_rng_state`; the CUDA state goes onto ``device`` when training on CUDA. Older checkpoints
+    hold a list of states, one per GPU then visible: the one of ``device``'s index where it exists, else the first."""
     rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else (cuda[0] if cuda else None)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
 

@@ -84,6 +84,7 @@ def _device_seen_by_worker(gpus: int) -> str:
 
     torch.cuda.is_available = lambda: gpus > 0  # this worker process only; it is closed with the cluster
     torch.cuda.device_count = lambda: gpus
+    torch.cuda.set_device = lambda index: None
     return _worker_device("auto")
 
 
@@ -116,6 +117,7 @@ def test_named_workers_get_a_stable_gpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
     chosen = {}
     for name in ("SLURMCluster-0", "SLURMCluster-1", "SLURMCluster-2"):
         monkeypatch.setattr(distributed, "get_worker", lambda n=name: Worker(n))

@@ -36,7 +36,7 @@ def test_explicit_bf16_on_cpu_without_native_support_warns_but_runs(monkeypatch)
 
 @pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_on_cuda_prefers_bf16_then_fp16(monkeypatch, bf16, expected):
-    monkeypatch.setattr(precision_module, "cuda_supports_bf16", lambda: bf16)
+    monkeypatch.setattr(precision_module, "cuda_supports_bf16", lambda device: bf16)
     chosen = resolve_precision("auto", "cuda")
     assert chosen == Precision(expected, "cuda")
     assert resolve_precision("fp16", "cuda:1").name == "fp16"
