@@ -277,3 +277,29 @@ def test_deepseg_plan_time_option(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plan", "--images", str(tmp_path / "image.tif"), "--time", "soon"]) != 0
     assert "time='soon'" in capsys.readouterr().err
+
+
+def test_a_remembered_timing_far_from_the_estimate_is_measured_once_more_and_the_faster_kept(monkeypatch):
+    """A timing taken while other work ran (here: 5x the estimate) must not decide plans forever: when the chosen
+    configuration's remembered time is off, it is measured again once; the faster is kept, and not measured
+    a third time."""
+    from engine import plan
+
+    data = Fingerprint(2, (512, 512), (1.0, 1.0), 1, (30.0, 30.0))
+    profile = DeviceProfile("cpu", 2, 1e11)
+    monkeypatch.setattr(plan, "measure_device", lambda device="auto", spatial_dims=2, precision="auto": profile)
+    calls = []
+
+    def timing(name, options, patch, batch, device, **kw):
+        calls.append((name, tuple(sorted(options.items())), tuple(patch)))
+        slow = 5 if len(calls) == 1 else 1  # the first measurement was disturbed
+        return slow * step_flops(name, options, patch, batch) / profile.flops_per_second
+
+    monkeypatch.setattr(plan, "time_step", timing)
+    quiet = make_plan(data, profile=profile)
+    first = make_plan(data)
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same configuration, measured twice
+    assert (first.network_options, first.patch) == (quiet.network_options, quiet.patch)  # as if never disturbed
+    assert not any("re-planned" in r for r in first.reasons)
+    monkeypatch.setattr(plan, "time_step", lambda *a, **k: pytest.fail("measured a third time"))
+    assert make_plan(data) == first
