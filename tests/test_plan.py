@@ -248,17 +248,17 @@ def test_cli_plan_refuses_to_write_over_its_input(tmp_path):
 def test_a_short_time_budget_plans_cheaper_steps_and_says_why():
     from engine.plan import BUDGET_STEPS, STEP_SECONDS, step_target
 
-    assert step_target(None) == step_target(3600) == STEP_SECONDS
-    assert step_target(60) == pytest.approx(60 * 0.85 / BUDGET_STEPS, abs=1e-3)
-    assert step_target(60) < STEP_SECONDS
+    assert step_target(None) == step_target(3600) == step_target(60) == STEP_SECONDS
+    assert step_target(20) == pytest.approx(20 * 0.85 / BUDGET_STEPS, abs=1e-3)
+    assert step_target(20) < STEP_SECONDS
     assert step_target(0.5) == 0.03  # never below the floor
     data = Fingerprint(2, (512, 512), (1.0, 1.0), 1, (30.0, 30.0))
     rate = DeviceProfile("cpu", 2, 2e10)
-    long, short = make_plan(data, profile=rate, time_budget=3600), make_plan(data, profile=rate, time_budget=60)
-    assert long.step_seconds <= STEP_SECONDS + 1e-9 and short.step_seconds <= step_target(60) + 1e-9
+    long, short = make_plan(data, profile=rate, time_budget=3600), make_plan(data, profile=rate, time_budget=20)
+    assert long.step_seconds <= STEP_SECONDS + 1e-9 and short.step_seconds <= step_target(20) + 1e-9
     assert short.step_flops < long.step_flops
-    assert 60 / short.step_seconds >= BUDGET_STEPS * 0.85
-    assert any("time budget 60 s" in r for r in short.reasons)
+    assert 20 / short.step_seconds >= BUDGET_STEPS * 0.85
+    assert any("time budget 20 s" in r for r in short.reasons)
     assert not any("time budget" in r for r in long.reasons)
 
 
