@@ -255,9 +255,9 @@ def predict_file(
     """Segment an image file into a label TIFF (and a probability TIFF), streaming through disk.
 
     The input is memory-mapped when possible; a zarr / OME-Zarr input (one time point) is read slab by slab.
-    Each slab of planes is turned into labels as soon as no later tile touches it and written to the label TIFF (ImageJ hyperstack with the label LUT and
-    the input's calibration); probabilities (float32, one channel per class) only when
-    ``probabilities_path`` is given, written the same way. Memory holds one slab of tiles, not the
+    Each slab of planes is turned into labels as soon as no later tile touches it and written to the label
+    TIFF (ImageJ hyperstack with the label LUT and the input's calibration); probabilities (float32, one
+    channel per class) only when ``probabilities_path`` is given, written the same way. Memory holds one slab of tiles, not the
     volume. Outputs appear only when complete (written under temporary names). A time series is
     segmented in memory. ``postprocess``: steps applied to the finished labels before they get their name
     (default: the model's stored ones, "none": none). Returns a summary dict (paths, shape, dims, class
