@@ -1,7 +1,7 @@
 """Quality at equal wall time: deepseg with its defaults against a plain MONAI U-Net loop (run by hand).
 
     python benchmarks/bench_quality.py [--seconds 120] [--only 2d|3d|real|synthetic|NAME[,...]] [--threads 2]
-                                       [--seeds 1,2,3] [--deepseg OPTION=VALUE ...]
+                                       [--seeds 1,2,3] [--deepseg OPTION=VALUE ...] [--methods deepseg]
 
 For every dataset, two fresh subprocesses (so threads and memory do not interfere) train for the same
 wall-clock time on the same training part, then segment the held-out part:
@@ -403,7 +403,10 @@ def compare(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
         if "error" in ours:
             return {**row, "error": ours["error"]}
         ours_runs.append(ours)
-        their_runs.append(run_worker("monai", dataset, args, ours["patch"], ours["batch"], seed=seed))
+        if "monai" in args.methods:
+            their_runs.append(run_worker("monai", dataset, args, ours["patch"], ours["batch"], seed=seed))
+    if not their_runs:
+        return {**row, "seeds": list(args.seeds), "deepseg": averaged(ours_runs), "monai": {"skipped": True}}
     theirs = next((run for run in their_runs if "error" in run), None) or averaged(their_runs)
     return {**row, "seeds": list(args.seeds), "deepseg": averaged(ours_runs), "monai": theirs}
 
@@ -431,6 +434,9 @@ def format_table(rows: Sequence[dict[str, Any]], seconds: float) -> str:
         if "error" in row or "error" in theirs:
             lines.append(f"{name:<16}  skipped: {row.get('error') or theirs['error']}")
             continue
+        if theirs.get("skipped"):  # --methods deepseg: an ablation of deepseg alone
+            theirs = {"dice": float("nan"), "dices": [], "dice_sd": float("nan"), "steps": 0, "train_seconds": 0.0,
+                      "predict_seconds": 0.0, "patch": "-", "batch": "-"}
         lines.append(f"{name:<16}{ours['dice']:>13.4f}{theirs['dice']:>12.4f}{ours['steps']:>10d}"
                      f"{theirs['steps']:>13d}{ours['train_seconds']:>12.1f}{theirs['train_seconds']:>15.1f}")
         if len(ours.get("dices", [])) > 1:
@@ -458,6 +464,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "validation_fraction=0.1 or augmentation=light; values are read as JSON, else as text")
     parser.add_argument("--seeds", default="2", help="random seeds, comma-separated: each method runs once per seed "
                         "and the table shows the means (default: 2, deepseg's default seed)")
+    parser.add_argument("--methods", default="deepseg,monai", help="deepseg,monai (default) or deepseg alone, for "
+                        "ablations of deepseg's options")
     parser.add_argument("--seed", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", choices=list(DATASETS), help=argparse.SUPPRESS)
@@ -471,6 +479,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--seeds {args.seeds!r}: expected whole numbers separated by commas, e.g. 1,2,3")
     if not args.seeds:
         parser.error("--seeds: give at least one seed, e.g. 2")
+    args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    if "deepseg" not in args.methods or set(args.methods) - set(METHODS):
+        parser.error(f"--methods {','.join(args.methods)!r}: expected deepseg,monai or deepseg")
     try:
         args.datasets = select(args.only)
     except ValueError as error:

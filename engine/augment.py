@@ -65,6 +65,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                "lowres": 0.25, "gamma": 0.3},
 }
 DEFAULT_PRESET = "default"
+#: the training default: ``light`` for short runs, :data:`DEFAULT_PRESET` once a run has enough steps for the
+#: harder samples to pay off (:func:`auto_preset`)
+AUTO = "auto"
+AUTO_LIGHT_STEPS = 1000  # fewer expected steps: light. Measured with benchmarks/bench_quality.py (README)
+
+
+def auto_preset(expected_steps: float | None) -> str:
+    """The preset ``augmentation="auto"`` means for a run of about ``expected_steps`` training steps
+    (None: unknown): ``light`` (flips, rot90, mild intensity) below :data:`AUTO_LIGHT_STEPS`, where
+    rotation and scaling cost steps (3D resampling on a CPU) and harder samples slow a short run;
+    :data:`DEFAULT_PRESET` otherwise."""
+    return "light" if expected_steps is not None and expected_steps < AUTO_LIGHT_STEPS else DEFAULT_PRESET
 
 
 @dataclass
@@ -146,11 +158,12 @@ class Augmentation:
     @classmethod
     def from_config(cls, value: "str | dict[str, Any] | Augmentation | None") -> "Augmentation":
         """The augmentation of a ``TrainConfig.augmentation`` value: a preset name, an advanced string
-        (:func:`parse_augmentation`), a mapping of field values (older model folders), or None (the default)."""
+        (:func:`parse_augmentation`), a mapping of field values (older model folders), or None/``auto`` (the
+        default preset; training resolves ``auto`` from the run's length first, :func:`auto_preset`)."""
         if isinstance(value, Augmentation):
             return value
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return cls.preset(DEFAULT_PRESET)
+        if value is None or (isinstance(value, str) and value.strip() in ("", AUTO)):
+            return cls.preset(DEFAULT_PRESET)  # "auto" without a run to size it (training: auto_preset)
         if isinstance(value, str):
             return parse_augmentation(value)
         if isinstance(value, dict):

@@ -47,6 +47,13 @@ def run_plan(args: argparse.Namespace) -> int:
     plan = make_plan(samples, device=args.device, step_seconds=args.step_time, batch=args.batch,
                      time_budget=budget)
     print(plan.summary())
+    if budget is not None:  # what `deepseg train --time` picks for augmentation=auto
+        from .augment import auto_preset
+        from .config import TrainConfig
+        from .training import expected_steps
+
+        steps = expected_steps(TrainConfig(time_budget=args.time), plan, 1)
+        print(f"augmentation   auto -> {auto_preset(steps)} (about {steps:.0f} steps in {args.time})")
     if args.json:
         import json
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .augment import DEFAULT_PRESET, PRESETS, Augmentation
+from .augment import AUTO, AUTO_LIGHT_STEPS, PRESETS, Augmentation
 from .budget import parse_duration
 from .errors import InputError
 from .losses import LOSSES
@@ -105,8 +105,9 @@ class TrainConfig:
     normalization: str = option("zscore", kind="choice", choices=NORMALIZATIONS, flag="--normalization",
                                 key="normalization", label="Normalization", help="intensity normalization")
     augmentation: str | dict[str, Any] | None = option(
-        DEFAULT_PRESET, flag="--augmentation", key="augmentation", label="Augmentation",
-        help=f"augmentation: a preset ({', '.join(PRESETS)}), optionally with changes, e.g. 'default,elastic=0.2'; "
+        AUTO, flag="--augmentation", key="augmentation", label="Augmentation",
+        help=f"augmentation: auto (light for runs of fewer than {AUTO_LIGHT_STEPS} steps, else default), a preset "
+             f"({', '.join(PRESETS)}), optionally with changes, e.g. 'default,elastic=0.2'; "
              "items alone start from none, e.g. 'rotate=0.2:-30:30,scale=0.2:0.7:1.4,blur=0.2' (see deepseg augment-preview)")
     foreground_oversampling: float = option(0.33, kind="float", minimum=0.0, maximum=1.0,
                                             help="fraction of patches centred on foreground")

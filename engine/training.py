@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .arrays import centre_crop
-from .augment import Augmentation, in_plane_only
+from .augment import AUTO, AUTO_LIGHT_STEPS, Augmentation, auto_preset, in_plane_only
 from .axes import DIM_TO_LETTER
 from . import budget as budgets
 from . import ddp
@@ -270,6 +270,8 @@ def prepare(config: TrainConfig, images: Any = None, labels: Any = None, masks: 
     default_batch = (4 if network.spatial_dims == 2 else 2) * ddp.world_size()  # per process, times the processes
     config = config.replace(patch=list(patch), batch=config.batch or default_batch)
     train_samples, val_samples = split_validation(samples, config.validation_fraction, config.seed)
+    steps = _steps_per_epoch(config, train_samples, patch)
+    config = resolve_augmentation(config, plan, steps)
     batches = _batches(config, network, patch, train_samples)
     loss_fn = SegmentationLoss(config.loss, classes=classes, weights=_class_weights(config, classes, train_samples),
                                exclude_background=config.exclude_background).to(device)
@@ -277,8 +279,7 @@ def prepare(config: TrainConfig, images: Any = None, labels: Any = None, masks: 
     transfer = _init_from(network, config.init_from, config.freeze_encoder) if config.init_from else {}
     channels_last(network.to(device))  # the fast convolution layout; before the optimizer sees the parameters
     optimizer = make_optimizer(config, [p for p in network.parameters() if p.requires_grad])
-    run = Run(config, network, optimizer, loss_fn, batches, rng, device, classes,
-              steps=_steps_per_epoch(config, train_samples, patch))
+    run = Run(config, network, optimizer, loss_fn, batches, rng, device, classes, steps=steps)
     if config.resume:
         restore_checkpoint(run, config.resume)
     run.validation = _validation_batches(batches, val_samples, patch, config.batch, config.seed,
@@ -309,6 +310,39 @@ def resolve_network(config: TrainConfig, samples: Sequence[Sample], classes: int
     return config.replace(network=plan.network, network_options={**plan.network_options, **config.network_options},
                           patch=config.patch or list(plan.patch),
                           batch=config.batch or plan.batch * ddp.world_size()), plan
+
+
+def resolve_augmentation(config: TrainConfig, plan: Any, steps_per_epoch: int) -> TrainConfig:
+    """``augmentation="auto"``: the preset :func:`engine.augment.auto_preset` gives for the steps this run
+    is expected to take (epochs x steps per epoch, or the time budget over the plan's step estimate,
+    whichever is fewer). A resumed run keeps its checkpoint's augmentation. Other values stay as given."""
+    if not (isinstance(config.augmentation, str) and config.augmentation.strip() == AUTO):
+        return config
+    if config.resume:
+        saved = load_checkpoint(config.resume)["config"].get("augmentation")
+        if saved is not None and saved != AUTO:
+            return config.replace(augmentation=saved)
+    steps = expected_steps(config, plan, steps_per_epoch)
+    preset = auto_preset(steps)
+    if plan is not None and steps is not None:  # config.json's plan says why
+        plan.reasons.append(f"augmentation auto -> {preset}: about {steps:.0f} steps expected "
+                            f"(light below {AUTO_LIGHT_STEPS})")
+    return config.replace(augmentation=preset)
+
+
+def expected_steps(config: TrainConfig, plan: Any, steps_per_epoch: int) -> float | None:
+    """About how many steps the run takes: epochs x steps, or the time budget's training share over the
+    plan's estimated step (:data:`engine.plan.STEP_SECONDS` without a plan), whichever is fewer."""
+    from .plan import BUDGET_TRAINING_SHARE, STEP_SECONDS
+
+    counts = []
+    limit = epoch_limit(config.epochs, config.time_budget)
+    if limit is not None:
+        counts.append(float(limit * steps_per_epoch))
+    if config.time_budget is not None:
+        step = plan.step_seconds if plan is not None and plan.step_seconds > 0 else STEP_SECONDS
+        counts.append(parse_duration(config.time_budget) * BUDGET_TRAINING_SHARE / step)
+    return min(counts) if counts else None
 
 
 def _load_training_samples(config: TrainConfig, images: Any, labels: Any, masks: Any) -> list[Sample]:

@@ -208,7 +208,8 @@ def test_bad_augmentation_strings_name_the_offending_item(text, message):
 
 
 def test_training_configuration_takes_presets_strings_and_old_mappings():
-    assert TrainConfig().augmentation == "default"
+    assert TrainConfig().augmentation == "auto"  # training picks light or default from the run's length
+    assert Augmentation.from_config("auto") == Augmentation.preset("default")  # without a run: the long-run preset
     TrainConfig(augmentation="strong,elastic=0.1")
     old = TrainConfig(augmentation={"flip": 0.5, "noise_std": [0.0, 0.1]})  # train_config.json of older folders
     assert old.augmentation == "none,flip=0.5,rot90=0.5,noise=0.2,noise_std=0:0.1,brightness=0.2,contrast=0.2"
@@ -220,6 +221,24 @@ def test_training_configuration_takes_presets_strings_and_old_mappings():
         TrainConfig(augmentation="elastik=0.1")
     with pytest.raises(InputError, match=r"unknown setting\(s\) 'flips'; valid: flip, rot90"):
         TrainConfig(augmentation={"flips": 0.5})
+
+
+def test_auto_augmentation_is_light_for_short_runs_and_default_for_long_ones():
+    from types import SimpleNamespace
+
+    from engine.augment import AUTO_LIGHT_STEPS, auto_preset
+    from engine.plan import BUDGET_TRAINING_SHARE, STEP_SECONDS
+    from engine.training import expected_steps
+
+    assert auto_preset(AUTO_LIGHT_STEPS - 1) == "light" and auto_preset(AUTO_LIGHT_STEPS) == "default"
+    assert auto_preset(None) == "default"
+    assert expected_steps(TrainConfig(epochs=10), None, 20) == 200
+    assert expected_steps(TrainConfig(), None, 30) == 50 * 30  # 50 epochs by default
+    plan = SimpleNamespace(step_seconds=0.1)
+    assert expected_steps(TrainConfig(time_budget="60s"), plan, 8) == pytest.approx(60 * BUDGET_TRAINING_SHARE / 0.1)
+    assert expected_steps(TrainConfig(time_budget="60s"), None, 8) == pytest.approx(
+        60 * BUDGET_TRAINING_SHARE / STEP_SECONDS)  # no plan: the CPU step target
+    assert expected_steps(TrainConfig(time_budget="1h", epochs=2), plan, 8) == 16  # whichever ends first
 
 
 # ----------------------------------------------------------------------------------- training pipeline

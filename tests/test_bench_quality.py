@@ -109,3 +109,22 @@ def test_deepseg_options_for_ablations():
         "validation_fraction": 0.1, "augmentation": "light", "network": "unet2d"}
     with pytest.raises(SystemExit, match="OPTION=VALUE"):
         deepseg_options(["validation_fraction"])
+
+
+def test_deepseg_alone_for_ablations_and_bad_methods_refused(monkeypatch):
+    """``--methods deepseg`` runs no MONAI worker and the table shows nan for it; other lists are refused."""
+    calls = []
+
+    def fake_worker(method, dataset, args, patch=None, batch=None, seed=None):
+        calls.append(method)
+        return {"dice": 0.5, "steps": 3, "train_seconds": 1.0, "predict_seconds": 0.1, "patch": [8, 8], "batch": 1,
+                "network": "unet2d", "note": ""}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    args = bench.parse_args(["--only", "blobs2d", "--methods", "deepseg", "--seeds", "1,2"])
+    row = bench.compare("blobs2d", args)
+    assert calls == ["deepseg", "deepseg"] and row["monai"] == {"skipped": True}
+    assert "blobs2d" in bench.format_table([row], 1.0) and "nan" in bench.format_table([row], 1.0)
+    for bad in ("monai", "deepseg,nnunet"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--methods", bad])

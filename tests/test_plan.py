@@ -274,7 +274,10 @@ def test_deepseg_plan_time_option(tmp_path, capsys):
                  "--time", "2s", "--json", str(tmp_path / "plan.json")]) == 0
     reasons = json.loads((tmp_path / "plan.json").read_text())["reasons"]
     assert any("time budget 2 s" in r for r in reasons)
-    capsys.readouterr()
+    assert "augmentation   auto -> light (about " in capsys.readouterr().out  # a 2-s run: light
+    assert main(["plan", "--images", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--time", "1h"]) == 0
+    assert "augmentation   auto -> default (about " in capsys.readouterr().out
     assert main(["plan", "--images", str(tmp_path / "image.tif"), "--time", "soon"]) != 0
     assert "time='soon'" in capsys.readouterr().err
 

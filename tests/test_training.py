@@ -65,6 +65,23 @@ def test_resume_continues_exactly(tmp_path):
     assert straight.history[-1]["loss"] == resumed.history[-1]["loss"]
 
 
+def test_auto_augmentation_follows_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.augment.AUTO_LIGHT_STEPS", 5)  # so that tiny runs fall on both sides
+    images, labels = blob_images(2, seed=3)
+
+    def used(name):
+        return json.loads((tmp_path / name / "train_config.json").read_text())["augmentation"]
+
+    train(images=images, labels=labels, out=str(tmp_path / "short"), epochs=2, **SMALL)  # 4 steps
+    train(images=images, labels=labels, out=str(tmp_path / "long"), epochs=3, **SMALL)  # 6 steps
+    train(images=images, labels=labels, out=str(tmp_path / "given"), epochs=2, augmentation="strong", **SMALL)
+    assert (used("short"), used("long"), used("given")) == ("light", "default", "strong")
+    # resumed for longer (6 steps: default if chosen anew), it keeps the augmentation its first epochs had
+    train(images=images, labels=labels, out=str(tmp_path / "short"), epochs=3,
+          resume=str(tmp_path / "short" / CHECKPOINT), **SMALL)
+    assert used("short") == "light"
+
+
 def test_resume_refuses_a_different_network(tmp_path, tiny_model):
     out, _ = tiny_model
     images, labels = blob_images(2)
