@@ -225,7 +225,9 @@ def run_deepseg(split: Split, seconds: float, out: Path, options: dict[str, Any]
     labels = predict(result.model_dir, as_image(split.test_image, split.axes, spacing=spacing)).labels.values
     predicted = time.perf_counter() - began
     saved = json.loads((Path(result.model_dir) / "config.json").read_text(encoding="utf-8"))
-    options = saved["network_options"]
+    options, used = saved["network_options"], saved["training"]["config"]
+    note = ", ".join(filter(None, [note, f"used augmentation {used['augmentation']}, "  # what "auto" resolved to
+                                         f"validation {used['validation_fraction']:g}"]))
     return {"dice": foreground_dice(labels, split), "steps": int(sum(r.get("steps", 0) for r in result.history)),
             "train_seconds": trained, "predict_seconds": predicted, "patch": saved["patch"],
             "batch": saved["training"]["config"]["batch"],

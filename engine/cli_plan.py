@@ -53,7 +53,7 @@ def run_plan(args: argparse.Namespace) -> int:
         from .training import expected_steps
 
         steps = expected_steps(TrainConfig(time_budget=args.time), plan, 1)
-        print(f"augmentation   auto -> {auto_preset(steps)} (about {steps:.0f} steps in {args.time})")
+        print(f"augmentation   auto -> {auto_preset(steps, plan.network)} (about {steps:.0f} steps in {args.time})")
     if args.json:
         import json
 

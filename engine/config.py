@@ -106,14 +106,15 @@ class TrainConfig:
                                 key="normalization", label="Normalization", help="intensity normalization")
     augmentation: str | dict[str, Any] | None = option(
         AUTO, flag="--augmentation", key="augmentation", label="Augmentation",
-        help=f"augmentation: auto (light for runs of fewer than {AUTO_LIGHT_STEPS} steps, else default), a preset "
+        help=f"augmentation: auto (light for U-Net runs of fewer than {AUTO_LIGHT_STEPS} steps, else default), a preset "
              f"({', '.join(PRESETS)}), optionally with changes, e.g. 'default,elastic=0.2'; "
              "items alone start from none, e.g. 'rotate=0.2:-30:30,scale=0.2:0.7:1.4,blur=0.2' (see deepseg augment-preview)")
     foreground_oversampling: float = option(0.33, kind="float", minimum=0.0, maximum=1.0,
                                             help="fraction of patches centred on foreground")
-    validation_fraction: float = option(0.25, kind="float", flag="--validation", key="validation",
-                                        label="Validation fraction", minimum=0.0, below=1.0,
-                                        help="fraction of the data kept for validation (0 = none)")
+    validation_fraction: float | None = option(
+        None, kind="float", flag="--validation", key="validation", label="Validation fraction", minimum=0.0,
+        below=1.0, auto="auto", auto_help="0.25; none when the annotation is scarce (under 4 patches' worth)",
+        help="fraction of the data kept for validation (0 = none)")
     validation_every: int = option(1, kind="int", minimum=1, help="validate every N epochs")
     select: str = option("best", kind="choice", choices=SELECT, help="which network to keep")
     seed: int = option(2, kind="int", flag="--seed", key="seed", label="Seed", help="random seed")

@@ -150,6 +150,18 @@ def _reduce_slabs(labels: Any, reduce: Callable[[np.ndarray], int]) -> list[int]
     return [reduce(block) for block in label_slabs(labels)]
 
 
+def annotated_voxels(samples: Sequence["Sample"], enough: float = float("inf")) -> int:
+    """Voxels with a label (>= 0: not masked out, not the ignore label) over ``samples``, read slab by slab;
+    counting stops once ``enough`` are found (a dense volume needs one slab)."""
+    count = 0
+    for sample in samples:
+        for block in label_slabs(sample.labels):
+            count += int(np.count_nonzero(block >= 0))
+            if count >= enough:
+                return count
+    return count
+
+
 def labels_max(labels: Any) -> int:
     """The largest label (``IGNORE_INDEX`` when none), read slab by slab."""
     return max(_reduce_slabs(labels, lambda b: int(b.max(initial=IGNORE_INDEX))), default=IGNORE_INDEX)

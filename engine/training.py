@@ -40,7 +40,7 @@ from . import budget as budgets
 from . import ddp
 from .budget import Budget, epoch_limit, format_duration, parse_duration
 from .config import TrainConfig, check_class_names
-from .data import (PatchSampler, Sample, auto_patch, check_classes, label_slabs, load_samples,
+from .data import (PatchSampler, Sample, annotated_voxels, auto_patch, check_classes, label_slabs, load_samples,
                    samples_from_arrays, split_validation)
 from .errors import InputError, ModelFileError
 from .fileutil import atomic_path
@@ -58,6 +58,8 @@ CHECKPOINT = "checkpoint.pt"
 #: marks a folder that training created (or found empty) while its first epoch is being saved
 IN_PROGRESS = ".deepseg-training"
 _MAX_STEPS = 250
+VALIDATION_FRACTION = 0.25  # held out by default (DeepMIB's fraction)
+SCARCE_PATCHES = 4  # fewer annotated voxels than this many patches: no validation (validation_fraction)
 _VALIDATION_BYTES = 256 << 20
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -269,6 +271,7 @@ def prepare(config: TrainConfig, images: Any = None, labels: Any = None, masks: 
     patch = training_patch(config, network, samples)
     default_batch = (4 if network.spatial_dims == 2 else 2) * ddp.world_size()  # per process, times the processes
     config = config.replace(patch=list(patch), batch=config.batch or default_batch)
+    config = config.replace(validation_fraction=validation_fraction(config, samples, patch))
     train_samples, val_samples = split_validation(samples, config.validation_fraction, config.seed)
     steps = _steps_per_epoch(config, train_samples, patch)
     config = resolve_augmentation(config, plan, steps)
@@ -312,10 +315,27 @@ def resolve_network(config: TrainConfig, samples: Sequence[Sample], classes: int
                           batch=config.batch or plan.batch * ddp.world_size()), plan
 
 
+def validation_fraction(config: TrainConfig, samples: Sequence[Sample], patch: Sequence[int]) -> float:
+    """The fraction held out for validation: the configured one, else :data:`VALIDATION_FRACTION` unless the
+    annotation is scarce (fewer annotated voxels than :data:`SCARCE_PATCHES` training patches: the held-out
+    part would not hold one patch's worth), then none: every annotated voxel trains, the last network is kept.
+    Measured on sparse nuclei annotation (README): a validation block of it both took training data and chose
+    early, noisy epochs."""
+    if config.validation_fraction is not None:
+        return float(config.validation_fraction)
+    enough = SCARCE_PATCHES * float(np.prod(patch))
+    if annotated_voxels(samples, enough=enough) < enough:
+        warnings.warn(f"only {annotated_voxels(samples)} annotated voxels (fewer than {SCARCE_PATCHES} patches of "
+                      f"{' x '.join(map(str, patch))}): all of them train, none is held out for validation, the last "
+                      f"network is kept (set validation to hold some out)", UserWarning, stacklevel=3)
+        return 0.0
+    return VALIDATION_FRACTION
+
+
 def resolve_augmentation(config: TrainConfig, plan: Any, steps_per_epoch: int) -> TrainConfig:
-    """``augmentation="auto"``: the preset :func:`engine.augment.auto_preset` gives for the steps this run
-    is expected to take (epochs x steps per epoch, or the time budget over the plan's step estimate,
-    whichever is fewer). A resumed run keeps its checkpoint's augmentation. Other values stay as given."""
+    """``augmentation="auto"``: the preset :func:`engine.augment.auto_preset` gives for the network and the
+    steps this run is expected to take (epochs x steps per epoch, or the time budget over the plan's step
+    estimate, whichever is fewer). A resumed run keeps its checkpoint's augmentation. Other values stay."""
     if not (isinstance(config.augmentation, str) and config.augmentation.strip() == AUTO):
         return config
     if config.resume:
@@ -323,10 +343,10 @@ def resolve_augmentation(config: TrainConfig, plan: Any, steps_per_epoch: int) -
         if saved is not None and saved != AUTO:
             return config.replace(augmentation=saved)
     steps = expected_steps(config, plan, steps_per_epoch)
-    preset = auto_preset(steps)
+    preset = auto_preset(steps, config.network)
     if plan is not None and steps is not None:  # config.json's plan says why
         plan.reasons.append(f"augmentation auto -> {preset}: about {steps:.0f} steps expected "
-                            f"(light below {AUTO_LIGHT_STEPS})")
+                            f"(light: U-Nets below {AUTO_LIGHT_STEPS})")
     return config.replace(augmentation=preset)
 
 

@@ -32,8 +32,9 @@ class Option:
 
     ``label`` is the dialog label; its first word must be the key (ImageJ's recording rule).
     ``image`` options take an open image's title or a file path ("" = the active image).
-    ``auto``: the word that means None for an ``int`` (e.g. "auto", or "none" for an optional label
-    value); ``size`` options always take "auto". With "auto", ``0`` also means None (older macros).
+    ``auto``: the word that means None for an ``int`` or ``float`` (e.g. "auto", or "none" for an optional
+    label value); ``size`` options always take "auto". With "auto", ``0`` also means None for ints and sizes
+    (older macros), never for floats (``validation=0``: none held out).
     """
 
     key: str
@@ -58,8 +59,8 @@ class Option:
             raise ValueError(f"option {self.key!r}: checkboxes must default to False (ImageJ macro semantics)")
         if self.kind == "choice" and (not self.choices or self.default not in self.choices):
             raise ValueError(f"option {self.key!r}: default {self.default!r} must be one of its choices")
-        if self.auto and self.kind != "int":
-            raise ValueError(f"option {self.key!r}: only int options take an auto word (sizes always do)")
+        if self.auto and self.kind not in ("int", "float"):
+            raise ValueError(f"option {self.key!r}: only int and float options take an auto word (sizes always do)")
         if self.default is None and not self.auto_word:
             raise ValueError(f"option {self.key!r}: a None default needs an auto word")
 
@@ -78,7 +79,7 @@ class Option:
         if self.kind == "int":
             return "an integer" + self._range() + (f" or {self.auto}" if self.auto else "")
         if self.kind == "float":
-            return "a number" + self._range()
+            return "a number" + self._range() + (f" or {self.auto}" if self.auto else "")
         if self.kind == "bool":
             return "a checkbox (write the key alone to tick it)"
         if self.kind == "choice":
@@ -149,7 +150,7 @@ class Option:
         if value is None:
             return True
         text = str(value).strip().lower()
-        return text in ("", self.auto_word) or (self.auto_word == "auto" and text == "0")
+        return text in ("", self.auto_word) or (self.auto_word == "auto" and text == "0" and self.kind != "float")
 
     def text(self, value: Any) -> str:
         """``value`` as a dialog field or macro shows it (``auto`` for None where allowed)."""
@@ -178,7 +179,7 @@ def declared_option(declared: Declared) -> Option:
         declared.key, _FIJI_KINDS.get(declared.kind, declared.kind),  # type: ignore[arg-type]
         "" if declared.required else from_config(declared, declared.default), declared.full_help("auto"),
         label=declared.label, choices=declared.choice_list(), minimum=declared.minimum, maximum=declared.maximum,
-        required=declared.required, auto=declared.auto if declared.kind == "int" else "",
+        required=declared.required, auto=declared.auto if declared.kind in ("int", "float") else "",
     )
 
 

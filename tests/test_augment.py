@@ -231,7 +231,8 @@ def test_auto_augmentation_is_light_for_short_runs_and_default_for_long_ones():
     from engine.training import expected_steps
 
     assert auto_preset(AUTO_LIGHT_STEPS - 1) == "light" and auto_preset(AUTO_LIGHT_STEPS) == "default"
-    assert auto_preset(None) == "default"
+    assert auto_preset(None) == "default" and auto_preset(10, "unet3d_aniso") == "light"
+    assert auto_preset(10, "deeplabv3plus") == auto_preset(10, "segnet2d") == "default"  # light: short U-Net runs
     assert expected_steps(TrainConfig(epochs=10), None, 20) == 200
     assert expected_steps(TrainConfig(), None, 30) == 50 * 30  # 50 epochs by default
     plan = SimpleNamespace(step_seconds=0.1)

@@ -123,6 +123,18 @@ def test_train_spec_shows_auto_and_reads_old_zeros():
         spec.parse("out=/m classes=1")
 
 
+def test_train_validation_and_augmentation_default_to_auto_and_zero_validation_means_none():
+    spec = commands.spec(commands.TRAIN)
+    defaults = spec.parse("out=/m")
+    assert defaults["validation"] is None and defaults["augmentation"] == "auto"
+    assert "validation=auto" in spec.format({**defaults, "validation": None})
+    parsed = spec.parse("out=/m validation=0 augmentation=light")  # older macros: 0 held none out, not "auto"
+    assert parsed["validation"] == 0.0 and parsed["augmentation"] == "light"
+    assert spec.parse("out=/m validation=AUTO")["validation"] is None
+    with pytest.raises(InputError, match=r"validation='some' is not valid: expected a number >= 0 or auto"):
+        spec.parse("out=/m validation=some")
+
+
 def test_train_macro_round_trip_keeps_every_fiji_option():
     """TrainConfig -> macro options (demo) -> dialog values -> TrainConfig (Fiji) gives the same config, for a
     config that sets every option Fiji offers to a non-default value."""

@@ -274,10 +274,14 @@ def test_deepseg_plan_time_option(tmp_path, capsys):
                  "--time", "2s", "--json", str(tmp_path / "plan.json")]) == 0
     reasons = json.loads((tmp_path / "plan.json").read_text())["reasons"]
     assert any("time budget 2 s" in r for r in reasons)
-    assert "augmentation   auto -> light (about " in capsys.readouterr().out  # a 2-s run: light
-    assert main(["plan", "--images", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
-                 "--time", "1h"]) == 0
-    assert "augmentation   auto -> default (about " in capsys.readouterr().out
+    assert "augmentation   auto -> light (about " in capsys.readouterr().out  # a 2-s U-Net run: light
+    volume, volume_labels = blobs((12, 48, 48), seed=1)
+    tifffile.imwrite(tmp_path / "volume.tif", volume)
+    tifffile.imwrite(tmp_path / "volume_labels.tif", volume_labels)
+    for budget, preset in (("2s", "light"), ("1h", "default")):  # 3D too; a long run: default
+        assert main(["plan", "--images", str(tmp_path / "volume.tif"), "--labels", str(tmp_path / "volume_labels.tif"),
+                     "--axes", "ZYX", "--time", budget]) == 0
+        assert f"augmentation   auto -> {preset} (about " in capsys.readouterr().out
     assert main(["plan", "--images", str(tmp_path / "image.tif"), "--time", "soon"]) != 0
     assert "time='soon'" in capsys.readouterr().err
 

@@ -67,19 +67,47 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_auto_augmentation_follows_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
     monkeypatch.setattr("engine.augment.AUTO_LIGHT_STEPS", 5)  # so that tiny runs fall on both sides
-    images, labels = blob_images(2, seed=3)
+    images, labels = blob_images(2, shape=(12, 32, 32), seed=3)
+    small3d = {**SMALL, "network": "unet3d", "patch": [8, 16, 16]}
 
     def used(name):
         return json.loads((tmp_path / name / "train_config.json").read_text())["augmentation"]
 
-    train(images=images, labels=labels, out=str(tmp_path / "short"), epochs=2, **SMALL)  # 4 steps
-    train(images=images, labels=labels, out=str(tmp_path / "long"), epochs=3, **SMALL)  # 6 steps
-    train(images=images, labels=labels, out=str(tmp_path / "given"), epochs=2, augmentation="strong", **SMALL)
+    train(images=images, labels=labels, out=str(tmp_path / "short"), epochs=2, **small3d)  # 4 steps
+    train(images=images, labels=labels, out=str(tmp_path / "long"), epochs=3, **small3d)  # 6 steps
+    train(images=images, labels=labels, out=str(tmp_path / "given"), epochs=2, augmentation="strong", **small3d)
     assert (used("short"), used("long"), used("given")) == ("light", "default", "strong")
     # resumed for longer (6 steps: default if chosen anew), it keeps the augmentation its first epochs had
     train(images=images, labels=labels, out=str(tmp_path / "short"), epochs=3,
-          resume=str(tmp_path / "short" / CHECKPOINT), **SMALL)
+          resume=str(tmp_path / "short" / CHECKPOINT), **small3d)
     assert used("short") == "light"
+    flat, flat_labels = blob_images(2, seed=3)  # not a U-Net: short runs keep the default preset
+    train(images=flat, labels=flat_labels, out=str(tmp_path / "segnet"), epochs=2,
+          **{**SMALL, "network": "segnet2d", "network_options": {"depth": 2, "filters": 4}})
+    assert used("segnet") == "default"
+
+
+def test_scarce_annotation_is_not_split_for_validation_unless_asked(tmp_path):
+    """Fewer annotated voxels than 4 training patches: validation would hold less than a patch's worth, so
+    by default everything trains and the last network is kept; dense labels keep the 25 % held out."""
+    images, labels = blob_images(2, shape=(64, 64), seed=4)
+    masks = [np.zeros((64, 64), np.uint8) for _ in images]
+    for mask in masks:
+        mask[10:40, 10:40] = 1  # 2 x 900 annotated pixels < 4 patches of 32 x 32
+
+    def config(name):
+        return json.loads((tmp_path / name / "train_config.json").read_text())
+
+    with pytest.warns(UserWarning, match=r"only 1800 annotated voxels \(fewer than 4 patches of 32 x 32\): all of "
+                                         r"them train, none is held out for validation"):
+        sparse = train(images=images, labels=labels, masks=masks, out=str(tmp_path / "sparse"), epochs=2, **SMALL)
+    assert config("sparse")["validation_fraction"] == 0.0 and "val_dice" not in sparse.history[-1]
+    assert json.loads((tmp_path / "sparse" / "config.json").read_text())["training"]["validation"] == []
+    asked = train(images=images, labels=labels, masks=masks, out=str(tmp_path / "asked"), epochs=1,
+                  validation_fraction=0.5, **SMALL)
+    assert config("asked")["validation_fraction"] == 0.5 and "val_dice" in asked.history[-1]
+    train(images=images, labels=labels, out=str(tmp_path / "dense"), epochs=1, **SMALL)  # 8192 >= 4096 voxels
+    assert config("dense")["validation_fraction"] == 0.25
 
 
 def test_resume_refuses_a_different_network(tmp_path, tiny_model):
