@@ -171,7 +171,7 @@ def test_head_ct_bone_mesh_after_a_short_training(tmp_path):
     result = train(images=str(CT / "image.tif"), labels=str(CT / "label.tif"), out=str(tmp_path / "model"),
                    network="unet3d_aniso", network_options={"depth": 2, "filters": 4}, patch=[16, 64, 64],
                    epochs=3, steps_per_epoch=10, batch=2, lr=3e-3, class_names=["background", "bone"], seed=1,
-                   validation_fraction=0.0, device="cpu")
+                   validation_fraction=0.0, device="cpu", augmentation="default")  # as written (auto: light)
     predicted = tmp_path / "bone-labels.tif"
     predict_file(result.model_dir, CT / "image.tif", predicted, tile=[32, 128, 128], device="cpu")
     assert evaluate(predicted, CT / "label.tif").dice[1] > 0.5  # it found the bone
