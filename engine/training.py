@@ -324,8 +324,9 @@ def validation_fraction(config: TrainConfig, samples: Sequence[Sample], patch: S
     if config.validation_fraction is not None:
         return float(config.validation_fraction)
     enough = SCARCE_PATCHES * float(np.prod(patch))
-    if annotated_voxels(samples, enough=enough) < enough:
-        warnings.warn(f"only {annotated_voxels(samples)} annotated voxels (fewer than {SCARCE_PATCHES} patches of "
+    annotated = annotated_voxels(samples, enough=enough)  # the full count when it stays below enough
+    if annotated < enough:
+        warnings.warn(f"only {annotated} annotated voxels (fewer than {SCARCE_PATCHES} patches of "
                       f"{' x '.join(map(str, patch))}): all of them train, none is held out for validation, the last "
                       f"network is kept (set validation to hold some out)", UserWarning, stacklevel=3)
         return 0.0
